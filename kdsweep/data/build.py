@@ -1,0 +1,179 @@
+"""``build_data``: one entry point from a ``dataset`` config node to train/val loaders on a device."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from kdsweep.data.datasets import TensorSplits, channel_stats, cifar_splits, embedded_splits
+from kdsweep.data.loaders import AUGMENTS, TensorLoader
+from kdsweep.errors import ConfigError
+
+SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder")
+# key -> default; ``name`` is mandatory. ``source`` defaults to ``name`` (presets such as cinic10
+# set ``source: imagefolder``).
+DEFAULTS: dict[str, Any] = {
+    "name": None, "source": None, "root": None, "num_classes": None, "image_size": None,
+    "mean": None, "std": None, "augment": "crop_flip", "in_memory": True, "download": False,
+    "num_workers": None, "val_split": None, "padding": 4, "val_resize": None, "cache": True,
+    "cache_dir": None,
+}
+
+
+class Loader(Protocol):
+    def __len__(self) -> int: ...
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self): ...  # -> (x float32 NCHW normalised, y int64, idx int64) on the device
+
+
+@dataclass
+class DataBundle:
+    train: Loader
+    val: Loader
+    num_classes: int
+    image_size: int
+    name: str
+    num_train: int
+    num_val: int
+    classes: list[str]
+    mean: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
+    std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
+    train_labels: torch.Tensor | None = None  # int64 on CPU, position i = train index i
+
+
+def _as_dict(cfg: Mapping) -> dict[str, Any]:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return dict(cfg)
+
+
+def launch_dir() -> Path:
+    """Directory relative paths are resolved against: Hydra's original cwd if Hydra runs, else cwd."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.utils import get_original_cwd
+
+        if HydraConfig.initialized():
+            return Path(get_original_cwd())
+    except ImportError:  # pragma: no cover
+        pass
+    return Path.cwd()
+
+
+def resolve_root(root: str | os.PathLike | None, default: str | None = None) -> Path | None:
+    root = root if root not in (None, "") else default
+    if root is None:
+        return None
+    p = Path(os.path.expandvars(str(root))).expanduser()
+    return p if p.is_absolute() else launch_dir() / p
+
+
+def parse_config(cfg: Mapping) -> dict[str, Any]:
+    """Defaults filled in and values checked; raises ConfigError naming the bad ``dataset.*`` key."""
+    raw = _as_dict(cfg)
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown dataset keys {unknown}; known: {sorted(DEFAULTS)}")
+    c = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+    if not c["name"]:
+        raise ConfigError("dataset.name is missing; expected e.g. embedded, cifar10, imagefolder")
+    c["source"] = c["source"] or c["name"]
+    if c["source"] not in SOURCES:
+        raise ConfigError(f"dataset.source={c['source']!r} (from dataset.name when unset) is not "
+                          f"one of {list(SOURCES)}")
+    if c["augment"] not in AUGMENTS:
+        raise ConfigError(f"dataset.augment={c['augment']!r}; expected one of {list(AUGMENTS)}")
+    for key in ("mean", "std"):
+        v = c[key]
+        if v is not None and (len(v) != 3 or (key == "std" and min(v) <= 0)):
+            raise ConfigError(f"dataset.{key}={list(v)}; expected 3 per-channel values"
+                              + (" > 0" if key == "std" else ""))
+    for key in ("image_size", "num_classes", "val_resize"):
+        if c[key] is not None and int(c[key]) < 1:
+            raise ConfigError(f"dataset.{key}={c[key]}; expected a positive integer or null")
+    if c["num_workers"] is None:
+        c["num_workers"] = min(8, os.cpu_count() or 1)
+    if int(c["num_workers"]) < 0:
+        raise ConfigError(f"dataset.num_workers={c['num_workers']}; expected >= 0")
+    return c
+
+
+def _resolve_device(device: torch.device | str) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int, name: str) -> None:
+    if int(batch_size) < 1:
+        raise ConfigError(f"schedule.batch_size={batch_size}; expected a positive integer")
+    if int(eval_batch_size) < 1:
+        raise ConfigError(f"eval_batch_size={eval_batch_size}; expected a positive integer")
+    if int(batch_size) > num_train:
+        raise ConfigError(f"schedule.batch_size={batch_size} is larger than the {num_train} "
+                          f"training images of data set {name!r}; use at most {num_train}")
+
+
+def _check_num_classes(c: dict[str, Any], found: int, where: str) -> None:
+    if c["num_classes"] is not None and int(c["num_classes"]) != found:
+        raise ConfigError(f"dataset.num_classes={c['num_classes']} but {where} has {found} classes")
+
+
+def tensor_bundle(c: dict[str, Any], s: TensorSplits, *, batch_size: int, eval_batch_size: int,
+                  device: torch.device, seed: int, where: str) -> DataBundle:
+    """Wrap in-memory splits into train/val :class:`TensorLoader` s (config already parsed)."""
+    _check_num_classes(c, len(s.classes), where)
+    _check_batch_sizes(batch_size, eval_batch_size, len(s.train_y), c["name"])
+    h, w = s.train_x.shape[-2:]
+    size = int(c["image_size"] or h)
+    if c["augment"] != "resized_crop_flip" and size != h:
+        raise ConfigError(f"dataset.image_size={size} but {where} holds {h}x{w} images; "
+                          f"use {h} or augment=resized_crop_flip")
+    mean, std = c["mean"] or s.mean, c["std"] or s.std
+    if mean is None or std is None:
+        m, sd = channel_stats(s.train_x)
+        mean, std = mean or m, std or sd
+    common = dict(mean=mean, std=std, device=device, seed=seed, image_size=size)
+    train = TensorLoader(s.train_x, s.train_y, batch_size=batch_size, train=True,
+                         augment=c["augment"], padding=int(c["padding"]), **common)
+    val_size = size if size == h else None  # resized-crop sets evaluate at stored size
+    common["image_size"] = val_size
+    val = TensorLoader(s.val_x, s.val_y, batch_size=eval_batch_size, train=False, **common)
+    return DataBundle(train=train, val=val, num_classes=len(s.classes), image_size=size,
+                      name=c["name"], num_train=len(s.train_y), num_val=len(s.val_y),
+                      classes=list(s.classes), mean=tuple(map(float, mean)),
+                      std=tuple(map(float, std)), train_labels=s.train_y.cpu())
+
+
+def build_data(cfg: Mapping, *, batch_size: int, eval_batch_size: int,
+               device: torch.device | str = "cpu", seed: int = 0) -> DataBundle:
+    """Build the train/val loaders described by the ``dataset`` config node (see docs/data.md).
+
+    Both loaders yield ``(images float32 N,3,S,S normalised, labels int64, indices int64)`` on
+    ``device``; call ``loader.set_epoch(e)`` before each epoch for (seed, epoch) reproducibility.
+    """
+    c = parse_config(cfg)
+    dev = _resolve_device(device)
+    common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, device=dev,
+                  seed=int(seed))
+    if c["source"] == "embedded":
+        root = resolve_root(c["root"])
+        splits = embedded_splits(root)
+        return tensor_bundle(c, splits, where=str(root or "the embedded set"), **common)
+    if c["source"] in ("cifar10", "cifar100"):
+        root = resolve_root(c["root"], default="data")
+        splits = cifar_splits(c["source"], root, bool(c["download"]))
+        return tensor_bundle(c, splits, where=str(root), **common)
+    from kdsweep.data.imagefolder import imagefolder_bundle
+
+    return imagefolder_bundle(c, **common)

@@ -1,0 +1,221 @@
+"""Batch loaders yielding ``(images float32 NCHW normalised, labels int64, indices int64)`` on a device.
+
+* :class:`TensorLoader` keeps a whole split as one uint8 NCHW tensor on the target device and does
+  shuffling, augmentation (random crop with zero padding + horizontal flip, or random-resized crop +
+  flip) and normalisation with batched tensor ops there: no per-sample Python, no host->device copy
+  per batch.
+* :class:`StreamingLoader` wraps a ``torch.utils.data.DataLoader`` over image files with
+  ``torchvision.transforms.v2`` for sets too large to hold in memory (e.g. ImageNet at 224 px).
+
+Both are reproducible per ``(seed, epoch)``: every random number of epoch ``e`` comes from a CPU
+``torch.Generator`` seeded with :func:`derive_seed` ``(seed, e)``, so a run resumed at epoch ``e``
+sees the same batches, on any device and (streaming) with any number of workers. Call
+``set_epoch(e)`` before iterating; without it the epoch advances by one after each complete pass.
+Train loaders shuffle and drop the last batch only when it would hold a single sample (BatchNorm);
+val loaders keep the order and do not augment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+AUGMENTS = ("crop_flip", "resized_crop_flip", "none")
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from integers with numpy's SeedSequence (well spread, order-sensitive)."""
+    state = np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1)
+
+
+def num_batches(n: int, batch_size: int, train: bool) -> int:
+    """Batches per epoch: all of them, except a trailing train batch of size 1."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest > 1 or (rest == 1 and not train) else 0)
+
+
+class _Normalizer:
+    """uint8 (or float in [0, 255]) NCHW -> float32 ``(x / 255 - mean) / std`` as one fused affine."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.bias = 1.0 / (255.0 * s), -m / s
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.bias, x.float(), self.scale)
+
+
+class _EpochMixin:
+    epoch: int = 0
+    train: bool
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffling and augmentation the next iteration reproduces."""
+        self.epoch = int(epoch)
+
+    def _generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+
+
+class TensorLoader(_EpochMixin):
+    """Whole-split in-memory loader; see the module docstring.
+
+    ``images``: uint8 N,C,H,W; ``labels``: int64 N. ``image_size`` is the output size ``S``
+    (defaults to H): ``crop_flip`` takes an S x S window from the image zero-padded by ``padding``
+    (``RandomCrop(S, padding)`` + ``RandomHorizontalFlip``), ``resized_crop_flip`` samples an area
+    fraction in ``scale`` and aspect ratio in ``ratio`` like ``RandomResizedCrop`` (bilinear, no
+    antialiasing) then flips, ``none`` needs ``S == H == W``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int, train: bool,
+                 mean: Sequence[float], std: Sequence[float], augment: str = "none",
+                 image_size: int | None = None, seed: int = 0,
+                 device: torch.device | str = "cpu", padding: int = 4,
+                 scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment={augment!r}; expected one of {AUGMENTS}")
+        if images.dtype != torch.uint8 or images.dim() != 4 or len(images) != len(labels):
+            raise ValueError("images must be uint8 N,C,H,W with one label per image")
+        self.device = torch.device(device)
+        self.images = images.to(self.device).contiguous()
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+        self.augment = augment if train else "none"
+        h, w = images.shape[-2:]
+        self.image_size = int(image_size or h)
+        if self.augment == "none" and (h, w) != (self.image_size,) * 2:
+            raise ValueError(f"images are {h}x{w}; without augmentation they must be "
+                             f"{self.image_size}x{self.image_size}")
+        if self.augment == "crop_flip" and self.image_size > min(h, w) + 2 * padding:
+            raise ValueError(f"crop {self.image_size} does not fit {h}x{w} images padded by {padding}")
+        self.padding, self.scale, self.ratio = int(padding), scale, ratio
+        self.normalize = _Normalizer(mean, std, self.device)
+
+    def __len__(self) -> int:
+        return num_batches(len(self.labels), self.batch_size, self.train)
+
+    def _draw(self, g: torch.Generator, n: int) -> dict[str, torch.Tensor]:
+        """All augmentation parameters of one epoch, position j for the j-th sample served."""
+        if self.augment == "crop_flip":
+            h, w = self.images.shape[-2:]
+            p, s = self.padding, self.image_size
+            params = {"oy": torch.randint(0, h + 2 * p - s + 1, (n,), generator=g),
+                      "ox": torch.randint(0, w + 2 * p - s + 1, (n,), generator=g)}
+        elif self.augment == "resized_crop_flip":
+            area = torch.empty(n).uniform_(*self.scale, generator=g)
+            logr = torch.empty(n).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
+                                           generator=g)
+            params = {"area": area, "logr": logr, "u": torch.rand(n, 2, generator=g)}
+        else:
+            return {}
+        params["flip"] = torch.rand(n, generator=g) < 0.5
+        return {k: v.to(self.device) for k, v in params.items()}
+
+    def _crop_flip(self, x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor,
+                   flip: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p, s = self.padding, self.image_size
+        xp = F.pad(x, (p, p, p, p)) if p else x
+        ar = torch.arange(s, device=x.device)
+        rows = oy[:, None] + ar  # B, S
+        cols = ox[:, None] + ar
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        lin = (rows[:, :, None] * (w + 2 * p) + cols[:, None, :]).view(b, 1, s * s)
+        return xp.reshape(b, c, -1).gather(2, lin.expand(b, c, s * s)).view(b, c, s, s)
+
+    def _resized_crop_flip(self, x: torch.Tensor, area: torch.Tensor, logr: torch.Tensor,
+                           u: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        r = torch.exp(logr)
+        cw = torch.sqrt(area * r).clamp(max=1.0)  # crop width / image width
+        ch = torch.sqrt(area / r).clamp(max=1.0)
+        theta = torch.zeros(len(x), 2, 3, device=x.device)
+        theta[:, 0, 0] = torch.where(flip, -cw, cw)
+        theta[:, 1, 1] = ch
+        theta[:, 0, 2] = (2 * u[:, 0] - 1) * (1 - cw)
+        theta[:, 1, 2] = (2 * u[:, 1] - 1) * (1 - ch)
+        size = (len(x), x.shape[1], self.image_size, self.image_size)
+        grid = F.affine_grid(theta, size, align_corners=False)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n, bs = len(self.labels), self.batch_size
+        params: dict[str, torch.Tensor] = {}
+        if self.train:
+            g = self._generator()
+            order = torch.randperm(n, generator=g).to(self.device)
+            params = self._draw(g, n)
+        else:
+            order = torch.arange(n, device=self.device)
+        for i in range(len(self)):
+            sl = slice(i * bs, (i + 1) * bs)
+            idx = order[sl]
+            x = self.images.index_select(0, idx)
+            if self.augment == "crop_flip":
+                x = self._crop_flip(x, params["oy"][sl], params["ox"][sl], params["flip"][sl])
+            elif self.augment == "resized_crop_flip":
+                x = self._resized_crop_flip(x, params["area"][sl], params["logr"][sl],
+                                            params["u"][sl], params["flip"][sl])
+            yield self.normalize(x), self.labels.index_select(0, idx), idx
+        if self.train:
+            self.epoch += 1
+
+
+class _EpochBatchSampler(torch.utils.data.Sampler):
+    """Yields batches of ``(index, per-sample seed)`` keys; the seeds make worker-side random
+    transforms depend only on (seed, epoch, position), whatever the worker count."""
+
+    def __init__(self, n: int, batch_size: int, train: bool, owner: StreamingLoader):
+        self.n, self.batch_size, self.train, self.owner = n, batch_size, train, owner
+
+    def __len__(self) -> int:
+        return num_batches(self.n, self.batch_size, self.train)
+
+    def __iter__(self):
+        if self.train:
+            g = self.owner._generator()
+            order = torch.randperm(self.n, generator=g).tolist()
+            seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()
+        else:
+            order, seeds = list(range(self.n)), [0] * self.n
+        for i in range(len(self)):
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            yield list(zip(order[sl], seeds[sl], strict=True))
+
+
+class StreamingLoader(_EpochMixin):
+    """Reads files with worker processes; the dataset maps ``(index, seed)`` to ``(uint8 CHW, label,
+    index)`` (see :class:`kdsweep.data.imagefolder.FileDataset`); normalisation runs on ``device``."""
+
+    def __init__(self, dataset, labels: torch.Tensor, *, batch_size: int, train: bool,
+                 mean: Sequence[float], std: Sequence[float], seed: int = 0,
+                 device: torch.device | str = "cpu", num_workers: int = 0):
+        self.device = torch.device(device)
+        self.dataset, self.labels = dataset, labels
+        self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+        self.normalize = _Normalizer(mean, std, self.device)
+        sampler = _EpochBatchSampler(len(labels), self.batch_size, self.train, self)
+        self.loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
+            prefetch_factor=4 if num_workers > 0 else None)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        nb = self.device.type == "cuda"
+        for x, y, idx in self.loader:
+            x = x.to(self.device, non_blocking=nb)
+            yield (self.normalize(x), y.to(self.device, non_blocking=nb),
+                   idx.to(self.device, non_blocking=nb))
+        if self.train:
+            self.epoch += 1
