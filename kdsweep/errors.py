@@ -1,0 +1,26 @@
+"""Exceptions that kdsweep turns into one clear line and a non-zero exit.
+
+Every user-facing refusal raises a subclass of :class:`KDSweepError` whose message names the bad
+value and what is allowed. ``run.py`` prints ``error: <message>`` and exits with status 2 for these;
+anything else is a bug and keeps its traceback.
+"""
+
+
+class KDSweepError(Exception):
+    """Base class of the errors that are the user's to fix (bad config, missing data, ...)."""
+
+
+class ConfigError(KDSweepError, ValueError):
+    """A configuration value is out of range or inconsistent with another one."""
+
+
+class DataError(KDSweepError):
+    """A data set is missing, unreadable, or laid out differently than expected."""
+
+
+class CheckpointError(KDSweepError):
+    """A checkpoint is unreadable or does not match the configured model."""
+
+
+class TrainingDiverged(KDSweepError):
+    """The loss became NaN or infinite; the run stops instead of training on garbage."""

@@ -1,0 +1,68 @@
+"""MLflow tracking: one MLflow run per kdsweep run, with everything needed to reproduce it.
+
+Default store: ``sqlite:///mlflow.db`` in the launch directory; ``MLFLOW_TRACKING_URI`` (or
+``tracking.uri=...``) overrides it, e.g. ``postgresql://user@host/db`` shared by several machines.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+PACKAGES = ("kdsweep", "torch", "torchvision", "hydra-core", "omegaconf", "mlflow", "optuna", "numpy")
+
+
+def setup(uri: str, experiment: str) -> str:
+    """Point MLflow at ``uri`` and select (or create) ``experiment``; returns its id."""
+    mlflow.set_tracking_uri(uri)
+    return mlflow.set_experiment(experiment).experiment_id
+
+
+def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"method.alpha": "0.9", ...}`` (lists kept whole, as MLflow params)."""
+    out: dict[str, str] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return versions
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params in batches (MLflow takes at most 100 per request)."""
+    items = list(params.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def find_best_run(experiment_id: str, filters: Mapping[str, str], metric: str) -> Run | None:
+    """The finished run whose tags equal ``filters`` with the highest ``metric``, or None."""
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in filters.items()]
+    clauses.append("attributes.status = 'FINISHED'")
+    runs = MlflowClient().search_runs(
+        [experiment_id], " and ".join(clauses), order_by=[f"metrics.`{metric}` DESC"], max_results=1
+    )
+    return runs[0] if runs else None
+
+
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on this store, bound to the loopback interface only."""
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000 --workers 1"

@@ -1,0 +1,45 @@
+"""Shared fixtures: real Hydra composition of conf/, a temp MLflow store per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10-jpg"
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides) -> the composed DictConfig, exactly as run.py would build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from kdsweep.config import register_configs
+
+    register_configs()
+
+    def _compose(overrides: list[str] | None = None, return_hydra_config: bool = False):
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return hydra_compose("config", overrides=overrides or [],
+                                 return_hydra_config=return_hydra_config)
+
+    return _compose
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store in a temp launch directory (the test runs from there)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    yield uri
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
