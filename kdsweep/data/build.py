@@ -114,7 +114,7 @@ def _resolve_device(device: torch.device | str) -> torch.device:
     return torch.device(device)
 
 
-def _check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int, name: str) -> None:
+def check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int, name: str) -> None:
     if int(batch_size) < 1:
         raise ConfigError(f"schedule.batch_size={batch_size}; expected a positive integer")
     if int(eval_batch_size) < 1:
@@ -124,7 +124,7 @@ def _check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int, na
                           f"training images of data set {name!r}; use at most {num_train}")
 
 
-def _check_num_classes(c: dict[str, Any], found: int, where: str) -> None:
+def check_num_classes(c: dict[str, Any], found: int, where: str) -> None:
     if c["num_classes"] is not None and int(c["num_classes"]) != found:
         raise ConfigError(f"dataset.num_classes={c['num_classes']} but {where} has {found} classes")
 
@@ -132,13 +132,13 @@ def _check_num_classes(c: dict[str, Any], found: int, where: str) -> None:
 def tensor_bundle(c: dict[str, Any], s: TensorSplits, *, batch_size: int, eval_batch_size: int,
                   device: torch.device, seed: int, where: str) -> DataBundle:
     """Wrap in-memory splits into train/val :class:`TensorLoader` s (config already parsed)."""
-    _check_num_classes(c, len(s.classes), where)
-    _check_batch_sizes(batch_size, eval_batch_size, len(s.train_y), c["name"])
+    check_num_classes(c, len(s.classes), where)
+    check_batch_sizes(batch_size, eval_batch_size, len(s.train_y), c["name"])
     h, w = s.train_x.shape[-2:]
     size = int(c["image_size"] or h)
-    if c["augment"] != "resized_crop_flip" and size != h:
+    if size != h or h != w:
         raise ConfigError(f"dataset.image_size={size} but {where} holds {h}x{w} images; "
-                          f"use {h} or augment=resized_crop_flip")
+                          f"use dataset.image_size={h}")
     mean, std = c["mean"] or s.mean, c["std"] or s.std
     if mean is None or std is None:
         m, sd = channel_stats(s.train_x)
@@ -146,8 +146,6 @@ def tensor_bundle(c: dict[str, Any], s: TensorSplits, *, batch_size: int, eval_b
     common = dict(mean=mean, std=std, device=device, seed=seed, image_size=size)
     train = TensorLoader(s.train_x, s.train_y, batch_size=batch_size, train=True,
                          augment=c["augment"], padding=int(c["padding"]), **common)
-    val_size = size if size == h else None  # resized-crop sets evaluate at stored size
-    common["image_size"] = val_size
     val = TensorLoader(s.val_x, s.val_y, batch_size=eval_batch_size, train=False, **common)
     return DataBundle(train=train, val=val, num_classes=len(s.classes), image_size=size,
                       name=c["name"], num_train=len(s.train_y), num_val=len(s.val_y),

@@ -49,7 +49,7 @@ class _Normalizer:
         self.scale, self.bias = 1.0 / (255.0 * s), -m / s
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.bias, x.float(), self.scale)
+        return x.float().mul_(self.scale).add_(self.bias)
 
 
 class _EpochMixin:
