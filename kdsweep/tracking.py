@@ -43,6 +43,10 @@ def package_versions() -> dict[str, str]:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = "not installed"
+    import torch  # the build string (+cu130, +cpu) and CUDA version matter for reproduction
+
+    versions["torch"] = torch.__version__
+    versions["cuda"] = str(torch.version.cuda)
     return versions
 
 

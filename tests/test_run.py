@@ -1,0 +1,144 @@
+"""End-to-end runs on the embedded data set (a few steps on the CPU) against a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsweep.engine import save_checkpoint
+from kdsweep.errors import CheckpointError
+from kdsweep.models import create_model
+from kdsweep.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["schedule.epochs=2", "train.limit_train_batches=2", "train.limit_val_batches=1",
+        "schedule.eval_batch_size=100", "train.progress=false"]
+
+
+def runs_of(experiment: str = "kdsweep", filter_string: str = "") -> list:
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    return MlflowClient().search_runs([exp.experiment_id], filter_string) if exp else []
+
+
+def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path):
+    ce = run(compose(["method=ce", "student=resnet14", *TINY]), output_dir=tmp_path / "ce")
+    client = MlflowClient()
+    r = client.get_run(ce.run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["method.name"] == "ce" and r.data.params["student.name"] == "resnet14"
+    assert r.data.params["schedule.epochs"] == "2" and "teacher.name" not in r.data.params
+    assert {"dataset": "embedded", "method": "ce", "student": "resnet14"}.items() <= r.data.tags.items()
+    assert r.data.tags["env.torch"] == torch.__version__
+    for key in ("best_val_acc", "final_val_acc", "train_val_gap", "student_params", "student_macs"):
+        assert key in r.data.metrics
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+        assert [m.step for m in client.get_metric_history(ce.run_id, key)] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(ce.run_id)}
+    assert {"config.yaml", "checkpoints"} <= artifacts
+    assert [a.path for a in client.list_artifacts(ce.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert r.data.metrics["best_val_acc"] == pytest.approx(ce.best_val_acc)
+
+    kd = run(compose(["method=kd", "teacher=resnet14", "student=resnet8", *TINY]),
+             output_dir=tmp_path / "kd")
+    t = client.get_run(kd.run_id).data.tags
+    assert t["teacher_source"] == "mlflow" and t["teacher_run_id"] == ce.run_id
+    assert t["teacher"] == "resnet14" and t["method"] == "kd"
+    assert len(runs_of(filter_string="tags.method = 'ce'")) == 1  # no teacher trained twice
+    history = client.get_metric_history(kd.run_id, "loss_kd")
+    assert len(history) == 2 and all(m.value > 0 for m in history)
+
+
+def test_missing_teacher_is_trained_once(compose, mlflow_uri, tmp_path, capsys):
+    cfg = compose(["method=kd", "teacher=resnet8", "student=resnet8", *TINY])
+    first = run(cfg, output_dir=tmp_path / "a")
+    assert "training one first" in capsys.readouterr().out
+    ce_runs = runs_of(filter_string="tags.method = 'ce'")
+    assert len(ce_runs) == 1 and ce_runs[0].data.tags["student"] == "resnet8"
+    assert MlflowClient().get_run(first.run_id).data.tags["teacher_source"] == "trained"
+    run(cfg, output_dir=tmp_path / "b")
+    assert len(runs_of(filter_string="tags.method = 'ce'")) == 1
+
+
+def test_teacher_checkpoint_path_is_used_and_checked(compose, mlflow_uri, tmp_path):
+    good = tmp_path / "r14.pt"
+    model = create_model("resnet14", num_classes=10)
+    save_checkpoint(good, {"arch": "resnet14", "num_classes": 10, "model": model.state_dict()})
+    res = run(compose(["teacher=resnet14", f"teacher.checkpoint={good}", *TINY]),
+              output_dir=tmp_path / "ok")
+    assert MlflowClient().get_run(res.run_id).data.tags["teacher_source"] == "checkpoint"
+    assert not runs_of(filter_string="tags.method = 'ce'")
+
+    with pytest.raises(CheckpointError, match=r"is a 'resnet14' model but the config asks for 'resnet20'"):
+        run(compose(["teacher=resnet20", f"teacher.checkpoint={good}", *TINY]), output_dir=tmp_path / "x")
+    wrong_classes = tmp_path / "r14_100.pt"
+    save_checkpoint(wrong_classes, {"arch": "resnet14", "num_classes": 100,
+                                    "model": create_model("resnet14", num_classes=100).state_dict()})
+    with pytest.raises(CheckpointError, match="has 100 classes but the data set has 10"):
+        run(compose(["teacher=resnet14", f"teacher.checkpoint={wrong_classes}", *TINY]),
+            output_dir=tmp_path / "y")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(good.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        run(compose(["teacher=resnet14", f"teacher.checkpoint={truncated}", *TINY]),
+            output_dir=tmp_path / "z")
+
+
+def cli(args: list[str], cwd: Path, uri: str, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_cli_prints_composed_config(tmp_path, mlflow_uri):
+    p = cli(["method=kd", "teacher=wrn_28_4", "student=wrn_16_2", "--cfg", "job"], tmp_path, mlflow_uri)
+    assert p.returncode == 0, p.stderr
+    assert "name: wrn_28_4" in p.stdout and "name: wrn_16_2" in p.stdout and "alpha: 0.9" in p.stdout
+
+
+def test_cli_bad_value_is_one_line_and_writes_nothing(tmp_path, mlflow_uri):
+    p = cli(["method.alpha=1.5"], tmp_path, mlflow_uri)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == (
+        "error: method.alpha=1.5 is out of range; allowed: [0, 1]")
+    assert not (tmp_path / "mlflow.db").exists()
+    p = cli(["student=wrn_16_3"], tmp_path, mlflow_uri)
+    assert p.returncode != 0 and "wrn_16_2" in p.stderr
+
+
+def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
+    ckpt = tmp_path / "t.pt"
+    save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
+                           "model": create_model("resnet8", num_classes=10).state_dict()})
+    p = cli(["-m", "method.alpha=0.2,0.8", "method.T=2,4", "teacher=resnet8",
+             f"teacher.checkpoint={ckpt}", *TINY], tmp_path, mlflow_uri)
+    assert p.returncode == 0, p.stderr[-3000:]
+    mlflow.set_tracking_uri(mlflow_uri)
+    kd_runs = runs_of(filter_string="tags.method = 'kd'")
+    combos = sorted((r.data.params["method.alpha"], r.data.params["method.T"]) for r in kd_runs)
+    assert combos == [("0.2", "2"), ("0.2", "4"), ("0.8", "2"), ("0.8", "4")]
+    assert all(r.info.status == "FINISHED" for r in kd_runs)
+    assert len(list((tmp_path / "multirun").glob("*/*/*/checkpoints/best.pt"))) == 4
+
+
+def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):
+    # Create the store first: two processes racing to create the SQLite schema is another matter.
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("kdsweep")
+    args = ["teacher=resnet8", "student=resnet8", *TINY]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"seed={i}"], cwd=tmp_path,
+                              env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert sum("training one first" in o[0] for o in outs) == 1
+    assert len(runs_of(filter_string="tags.method = 'ce'")) == 1
+    kd_runs = runs_of(filter_string="tags.method = 'kd'")
+    assert len(kd_runs) == 2 and len({r.data.tags["teacher_run_id"] for r in kd_runs}) == 1
