@@ -61,6 +61,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     wsf = s.get("warmup_start_factor")
     if wsf is not None and not 0 < float(wsf) <= 1:
         raise ConfigError(f"schedule.warmup_start_factor={wsf!r} must be in (0, 1]")
+    threads = cfg.get("cpu_threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"cpu_threads={threads!r} must be null or an integer >= 1")
     for key in ("limit_train_batches", "limit_val_batches"):
         v = cfg["train"].get(key)
         if v is not None and (not isinstance(v, int) or v < 1):

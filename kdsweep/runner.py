@@ -64,6 +64,10 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
     validate(cfg)
     method = create_method(cfg.method)  # checks the method's hyper-parameters early
     device = resolve_device(cfg.device)
+    if cfg.get("cpu_threads"):
+        # Parallel runs on one machine must share the cores: oversubscribed OpenMP threads spin
+        # and were measured 7-10x slower here (docs/benchmarks.md).
+        torch.set_num_threads(int(cfg.cpu_threads))
     precision = resolve_precision(cfg.precision, device)
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     if data is None:
@@ -104,6 +108,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
         teacher_arch=teacher.arch if teacher else None, precision=precision,
         limit_train_batches=cfg.train.limit_train_batches,
         limit_val_batches=cfg.train.limit_val_batches, progress=cfg.train.progress,
+        channels_last=bool(cfg.train.channels_last),
     )
     trainer.build_method()
     stats["method_extra_params"] = method.extra_parameters()  # connectors exist only now
@@ -133,7 +138,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
         if teacher is not None:
             mlflow.set_tags({"teacher_source": teacher.source, "teacher_path": teacher.path,
                              "teacher_run_id": teacher.run_id or ""})
-            _, teacher_acc = evaluate(teacher.model, data.val, precision, cfg.train.limit_val_batches)
+            _, teacher_acc = evaluate(trainer.teacher_fwd, data.val, precision, cfg.train.limit_val_batches)
             mlflow.log_metric("teacher_val_acc", teacher_acc)
 
         def on_epoch_end(epoch: int, metrics: dict[str, float], is_best: bool) -> None:

@@ -131,7 +131,7 @@ def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):
     # Create the store first: two processes racing to create the SQLite schema is another matter.
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("kdsweep")
-    args = ["teacher=resnet8", "student=resnet8", *TINY]
+    args = ["teacher=resnet8", "student=resnet8", "cpu_threads=1", *TINY]
     procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, f"seed={i}"], cwd=tmp_path,
                               env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

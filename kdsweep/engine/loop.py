@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 class Forward:
     """Calls a model and wraps its output as :class:`ModelOutput`, with feature taps if asked."""
 
-    def __init__(self, model: nn.Module, spec_name: str | None, features: bool):
+    def __init__(self, model: nn.Module, spec_name: str | None, features: bool,
+                 channels_last: bool = False):
         self.model = model
         self.tap = FeatureTap(model, spec_name) if features and spec_name else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, x: Tensor) -> ModelOutput:
+        x = x.contiguous(memory_format=self.memory_format)
         return self.tap(x) if self.tap is not None else ModelOutput(logits=self.model(x))
 
     def close(self) -> None:
@@ -68,6 +71,7 @@ def evaluate(forward: Callable[[Tensor], ModelOutput] | nn.Module, loader: Any, 
              limit: int | None = None) -> tuple[float, float]:
     """Mean cross-entropy and top-1 accuracy (%) of a model over ``loader`` (eval mode)."""
     model = forward.model if isinstance(forward, Forward) else forward
+    call = forward if isinstance(forward, Forward) else (lambda x: ModelOutput(model(x)))
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -75,7 +79,7 @@ def evaluate(forward: Callable[[Tensor], ModelOutput] | nn.Module, loader: Any, 
     n = 0
     for x, y, _ in _limited(loader, limit):
         with precision.autocast():
-            logits = model(x)
+            logits = call(x).logits
         loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum").double().cpu()
         correct = correct + (logits.argmax(1) == y).sum().cpu()
         n += y.numel()
@@ -91,15 +95,20 @@ class Trainer:
     def __init__(self, student: nn.Module, method: Method, data: Any, schedule: dict[str, Any], *,
                  student_arch: str, teacher: nn.Module | None = None, teacher_arch: str | None = None,
                  precision: Precision, limit_train_batches: int | None = None,
-                 limit_val_batches: int | None = None, progress: bool | None = None):
+                 limit_val_batches: int | None = None, progress: bool | None = None,
+                 channels_last: bool = False):
         self.student, self.teacher, self.method, self.data = student, teacher, method, data
         self.schedule, self.precision = schedule, precision
         self.epochs = int(schedule["epochs"])
         self.limit_train, self.limit_val = limit_train_batches, limit_val_batches
         self.steps_per_epoch = min(len(data.train), limit_train_batches or len(data.train))
         self.progress = progress
-        self.student_fwd = Forward(student, student_arch, method.needs_features)
-        self.teacher_fwd = (Forward(teacher, teacher_arch, method.needs_features)
+        if channels_last:  # NHWC convolutions: ~1.3x faster on CPU (oneDNN) and with AMP on GPU
+            student.to(memory_format=torch.channels_last)
+            if teacher is not None:
+                teacher.to(memory_format=torch.channels_last)
+        self.student_fwd = Forward(student, student_arch, method.needs_features, channels_last)
+        self.teacher_fwd = (Forward(teacher, teacher_arch, method.needs_features, channels_last)
                             if teacher is not None and method.needs_teacher else None)
         if self.teacher_fwd is not None:
             teacher.eval()
@@ -195,7 +204,7 @@ class Trainer:
         result = FitResult()
         for epoch in range(start_epoch, self.epochs):
             stats = self.train_epoch(epoch)
-            stats["val_loss"], stats["val_acc"] = evaluate(self.student, self.data.val, self.precision,
+            stats["val_loss"], stats["val_acc"] = evaluate(self.student_fwd, self.data.val, self.precision,
                                                            self.limit_val)
             is_best = stats["val_acc"] > result.best_val_acc or result.best_epoch < 0
             if is_best:
