@@ -110,7 +110,6 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
         limit_val_batches=cfg.train.limit_val_batches, progress=cfg.train.progress,
         channels_last=bool(cfg.train.channels_last),
     )
-    trainer.build_method()
     stats["method_extra_params"] = method.extra_parameters()  # connectors exist only now
 
     composed = OmegaConf.to_container(cfg, resolve=True)

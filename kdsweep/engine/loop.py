@@ -21,7 +21,7 @@ from tqdm import tqdm
 from kdsweep.engine.device import Precision
 from kdsweep.engine.optim import build_optimizer, build_scheduler
 from kdsweep.errors import TrainingDiverged
-from kdsweep.methods import Method, StepInfo
+from kdsweep.methods import BuildContext, Method, StepInfo
 from kdsweep.models import FeatureTap, ModelOutput
 
 log = logging.getLogger(__name__)
@@ -113,13 +113,14 @@ class Trainer:
         if self.teacher_fwd is not None:
             teacher.eval()
             teacher.requires_grad_(False)
+        self._build_method()  # before the optimiser: connectors created here must be optimised
         params = [p for p in list(student.parameters()) + list(method.parameters()) if p.requires_grad]
         self.optimizer = build_optimizer(params, schedule)
         self.scheduler = build_scheduler(self.optimizer, schedule, self.steps_per_epoch)
         self.scaler = precision.grad_scaler()
         self.global_step = 0
 
-    def build_method(self) -> None:
+    def _build_method(self) -> None:
         """Let the method create its shape-dependent parts from one dry-run batch."""
         x, _, _ = next(iter(self.data.train))
         x = x[:2]
@@ -129,7 +130,12 @@ class Trainer:
             s = self.student_fwd(x)
             t = self.teacher_fwd(x) if self.teacher_fwd is not None else None
         self.student.train(was)
-        self.method.build(s, t)
+        device = x.device
+        self.method.build(s, t, BuildContext(
+            num_train=self.data.num_train, num_classes=self.data.num_classes, epochs=self.epochs,
+            steps_per_epoch=self.steps_per_epoch, train_labels=getattr(self.data, "train_labels", None),
+        ))
+        self.method.to(device)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.student.train()

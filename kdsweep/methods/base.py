@@ -37,6 +37,17 @@ class StepInfo:
         return self.step / max(1, self.epochs * self.steps_per_epoch)
 
 
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method may need to know about the run when it builds its parts."""
+
+    num_train: int  # size of the training split (CRD's memory bank)
+    num_classes: int
+    epochs: int
+    steps_per_epoch: int
+    train_labels: Tensor | None = None  # int64 on the CPU, position i = training index i
+
+
 class Method(nn.Module):
     """Base class of every training objective, plain cross-entropy included.
 
@@ -52,8 +63,13 @@ class Method(nn.Module):
     #: True when the method reads stage features; otherwise the engine calls ``model(x)`` only.
     needs_features: ClassVar[bool] = False
 
-    def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None) -> None:
-        """Create shape-dependent submodules from one dry-run batch (default: nothing)."""
+    def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+              context: BuildContext) -> None:
+        """Create shape-dependent submodules from one dry-run batch (default: nothing).
+
+        Runs once before the optimiser is created, with the models in eval mode and no grad;
+        submodules created here are moved to the student's device by the engine afterwards.
+        """
 
     def forward(
         self,
@@ -129,6 +145,7 @@ def check_range(key: str, value: float, lo: float | None = None, hi: float | Non
 
 
 __all__ = [
+    "BuildContext",
     "Method",
     "StepInfo",
     "check_range",

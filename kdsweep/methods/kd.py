@@ -20,6 +20,21 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
 
 
+def logit_terms(student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor, *,
+                ce_weight: float, kd_weight: float, T: float) -> dict[str, Tensor]:
+    """The ``ce`` and ``kd`` terms that every method can add to its own (weights > 0 only).
+
+    Lets feature methods express the seeds' combinations (e.g. RepDistiller's ``-r 1 -a 1 -b 400``
+    for SemCKD, or "CRD+KD") without new code.
+    """
+    terms: dict[str, Tensor] = {}
+    if ce_weight > 0:
+        terms["ce"] = ce_weight * F.cross_entropy(student_logits, targets)
+    if kd_weight > 0 and teacher_logits is not None:
+        terms["kd"] = kd_weight * kd_loss(student_logits, teacher_logits, T)
+    return terms
+
+
 @register_method("kd")
 class KD(Method):
     """Knowledge distillation, Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural
