@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsweep.errors import ConfigError
+from kdsweep.errors import CheckpointError, ConfigError
 from kdsweep.models import (
     FeatureTap,
     bn_margin,
@@ -16,7 +16,6 @@ from kdsweep.models import (
     create_model,
     get_spec,
     list_models,
-    resolve_module,
 )
 
 # Trainable parameters for 100 classes. Exact integers where kd-benchmarks.md gives them
@@ -36,6 +35,12 @@ EXACT_C100 = {
     "wrn_40_1": 569_780,
     "wrn_40_2": 2_255_156,
     "wrn_28_4": 5_872_180,
+    "vgg8": 3_965_028,
+    "vgg13": 9_462_180,
+    "MobileNetV2": 812_836,
+    "ShuffleV1": 949_258,
+    "ShuffleV2": 1_355_528,
+    "ResNet50": 23_705_252,
 }
 EXACT_C10 = {
     "resnet8": 78_042,
@@ -48,6 +53,24 @@ EXACT_C10 = {
     "wrn_40_1": 563_930,
     "wrn_40_2": 2_243_546,
     "wrn_28_4": 5_849_050,
+    "vgg8": 3_918_858,
+    "vgg13": 9_416_010,
+    "MobileNetV2": 697_546,
+    "ShuffleV1": 862_768,
+    "ShuffleV2": 1_263_278,
+}
+# torchvision's documented parameter counts (1000 classes).
+EXACT_IMAGENET = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet152": 60_192_808,
+    "shufflenet_v2_x0_5": 1_366_792,
+    "shufflenet_v2_x1_0": 2_278_604,
+    "shufflenet_v2_x1_5": 3_503_624,
+    "shufflenet_v2_x2_0": 7_393_996,
+    "mobilenet_v2": 3_504_872,
+    "efficientnet_b0": 5_288_548,
 }
 # Published figures in millions (100 classes unless the name says otherwise), 0.5% tolerance.
 PUBLISHED_M = {
@@ -65,6 +88,41 @@ PUBLISHED_M = {
     "wrn_40_1": 0.57,
     "wrn_40_2": 2.26,
     "wrn_28_4": 5.87,
+    "vgg8": 3.97,
+    "vgg13": 9.46,
+    "MobileNetV2": 0.81,
+    "ShuffleV1": 0.95,
+    "ShuffleV2": 1.36,
+    "ResNet50": 23.71,
+}
+# Commonly published CIFAR-10 figures (kuangliu/pytorch-cifar-style ResNets; DenseNet paper).
+PUBLISHED_C10_M = {
+    "ResNet18": 11.17,
+    "ResNet34": 21.28,
+    "ResNet50": 23.52,
+    "ResNet152": 58.16,
+    "densenet40": 1.0,
+}
+# No published figure exists for these layouts: the counts measured when they were written
+# (100 classes), kept as regression values. See docs/models.md.
+MEASURED_C100 = {
+    "vgg11": 9_277_284,
+    "vgg16": 14_774_436,
+    "vgg19": 20_086_692,
+    "wrn_16_4": 2_772_020,
+    "wrn_28_2": 1_479_220,
+    "ResNet18": 11_220_132,
+    "ResNet34": 21_328_292,
+    "ResNet152": 58_341_028,
+    "ResNeXt29_2x64d": 9_221_028,
+    "ResNeXt29_32x4d": 4_866_468,
+    "ResNeXt29_32x8d": 19_160_484,
+    "densenet40": 1_060_132,
+    "EfficientNetB0": 3_627_488,
+    "shufflenetv2_0_5": 443_716,
+    "shufflenetv2_1_0": 1_355_528,
+    "shufflenetv2_1_5": 2_580_548,
+    "shufflenetv2_2_0": 5_521_860,
 }
 
 ALL = list_models()
@@ -74,20 +132,29 @@ BIG = list_models(input_size=224)
 SLOW = {"ResNet152", "resnet152"}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _flush_denormals():
+    """Untrained deep nets in eval mode produce denormal floats, which are very slow on CPU."""
+    torch.set_flush_denormal(True)
+    yield
+    torch.set_flush_denormal(False)
+
+
 def _params(names):
     return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
 
 
+# Smallest legal inputs for the two heaviest models (their outputs are still >= 1x1).
+SMALL_INPUT = {"ResNet152": 16, "resnet152": 32}
+
+
 def _input(name: str, batch: int = 2) -> torch.Tensor:
-    size = 32 if get_spec(name).input_size == 32 else 64
+    size = SMALL_INPUT.get(name, 32 if get_spec(name).input_size == 32 else 64)
     return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-def _classifier_in(model: nn.Module, name: str) -> int:
-    head = resolve_module(model, get_spec(name).features.pooled)
-    if isinstance(head, nn.Sequential):
-        head = [m for m in head if isinstance(m, nn.Linear)][0]
-    return head.in_features
+def _classifier_in(model: nn.Module) -> int:
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1].in_features
 
 
 @pytest.mark.parametrize("name", sorted(EXACT_C100))
@@ -100,12 +167,37 @@ def test_exact_parameter_count_c10(name):
     assert count_parameters(create_model(name, 10)) == EXACT_C10[name]
 
 
+def _close_to_published(n: int, millions: float) -> bool:
+    """Within 0.5%, or within the rounding of the published figure (e.g. 1.0M is +-0.05M)."""
+    decimals = len(repr(millions).split(".")[1])
+    return abs(n - millions * 1e6) <= max(0.005 * millions * 1e6, 0.5 * 10 ** (6 - decimals))
+
+
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
 def test_published_parameter_count(name):
     n = count_parameters(create_model(name, 100))
-    published = PUBLISHED_M[name] * 1e6
-    # published figures are rounded to 2 decimals of a million
-    assert abs(n - published) <= max(0.005 * published, 5_000), (n, published)
+    assert _close_to_published(n, PUBLISHED_M[name]), (n, PUBLISHED_M[name])
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_C10_M))
+def test_published_parameter_count_c10(name):
+    n = count_parameters(create_model(name, 10))
+    assert _close_to_published(n, PUBLISHED_C10_M[name]), (n, PUBLISHED_C10_M[name])
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_IMAGENET))
+def test_torchvision_parameter_count(name):
+    assert count_parameters(create_model(name, 1000)) == EXACT_IMAGENET[name]
+
+
+@pytest.mark.parametrize("name", sorted(MEASURED_C100))
+def test_measured_parameter_count(name):
+    assert count_parameters(create_model(name, 100)) == MEASURED_C100[name]
+
+
+def test_every_model_has_a_count_check():
+    checked = set(EXACT_C100) | set(PUBLISHED_C10_M) | set(EXACT_IMAGENET) | set(MEASURED_C100)
+    assert set(ALL) <= checked, sorted(set(ALL) - checked)
 
 
 @pytest.mark.parametrize("name", _params(ALL))
@@ -126,20 +218,18 @@ def _check_eval_semantics(model: nn.Module, name: str, x: torch.Tensor) -> None:
         with FeatureTap(model, name) as tap:
             out = tap(x)
             bns = tap.bn_before_relu()
-        after = model(x)
-    assert torch.equal(plain, out.logits) and torch.equal(plain, after)
+    assert torch.equal(plain, out.logits)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     family = get_spec(name).family
     assert torch.equal(out.preact_feats[0], out.feats[0])
     pairs = zip(out.feats[1:], out.preact_feats[1:], strict=True)
     for i, (f, p) in enumerate(pairs):
-        if family == "wrn":  # pre-activation = the next BN applied to the stage output
+        if family in PREACT_BN_FAMILIES:  # pre-activation = the next BN applied to the output
             assert torch.allclose(bns[i](f), p, atol=1e-5)
         elif family in LINEAR_STAGE_FAMILIES:  # stage output has no activation after it
             assert p is f
         else:  # post-activation: stage output = activation(pre-activation)
-            act = SILU_FAMILIES.get(family, F.relu)
-            assert torch.allclose(act(p), f, atol=1e-6), family
+            assert torch.allclose(F.relu(p), f, atol=1e-6), family
             assert (p < 0).any(), "pre-activation should have negative values"
 
 
@@ -154,7 +244,7 @@ def _check_train_contract(model: nn.Module, name: str, x: torch.Tensor) -> None:
     for f, p, c in zip(feats, pre, tap.stage_channels, strict=True):
         assert f.dim() == 4 and f.shape[0] == 2 and f.shape[1] == c
         assert p.shape == f.shape
-    assert out.pooled.shape == (2, _classifier_in(model, name)) == (2, tap.pooled_dim)
+    assert out.pooled.shape == (2, _classifier_in(model)) == (2, tap.pooled_dim)
     bns = tap.bn_before_relu()
     assert len(bns) == len(feats) - 1
     for bn, p in zip(bns, pre[1:], strict=True):
@@ -172,7 +262,7 @@ def _check_train_contract(model: nn.Module, name: str, x: torch.Tensor) -> None:
 
 
 LINEAR_STAGE_FAMILIES = {"mobilenetv2", "efficientnet", "tv_mobilenet_v2", "tv_efficientnet"}
-SILU_FAMILIES: dict = {}
+PREACT_BN_FAMILIES = {"wrn", "densenet"}  # pre-activation blocks: preact = next BN(stage)
 
 
 @pytest.mark.parametrize("name", ["resnet8", "wrn_16_1"])
@@ -247,3 +337,63 @@ def test_tap_records_nothing_outside_call():
     assert tap.stage_channels == [16, 16, 32, 64]
     assert model.training  # the dry run restored train mode
     tap.remove()
+
+
+def test_default_lr_and_input_sizes():
+    for name in ["MobileNetV2", "ShuffleV1", "ShuffleV2"]:
+        assert get_spec(name).default_lr == 0.01
+    assert get_spec("shufflenetv2_1_0").default_lr is None
+    assert get_spec("resnet18").input_size == 224 and get_spec("ResNet18").input_size == 32
+    assert "resnet18" in BIG and "ResNet18" in CIFAR
+
+
+def test_shufflenetv2_bn_snapshot_interleaves_passthrough_channels():
+    model = create_model("ShuffleV2", 10)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 2.0)
+                m.bias.uniform_(-1.0, 1.0)
+    with FeatureTap(model, "ShuffleV2") as tap:
+        bn = tap.bn_before_relu()[0]
+    branch = model.layer1[-1].bn3
+    assert bn.num_features == 2 * branch.num_features == 116
+    assert torch.equal(bn.weight[1::2], branch.weight) and torch.equal(bn.bias[1::2], branch.bias)
+    assert torch.equal(bn.weight[0::2], torch.zeros(58)) and not bn.weight.requires_grad
+    margin = bn_margin(bn)
+    assert torch.equal(margin[0::2], torch.zeros(58)) and (margin[1::2] < 0).all()
+
+
+def test_bn_margin_matches_the_ofd_formula():
+    bn = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.1]))
+        bn.bias.copy_(torch.tensor([0.0, -1.0, 5.0]))
+    m = bn_margin(bn)
+    # E[x | x < 0] for N(0, 1) is -sqrt(2 / pi); the third channel is almost never negative
+    assert m[0].item() == pytest.approx(-((2 / torch.pi) ** 0.5), rel=1e-5)
+    assert m[1].item() < -1.0 and m[2].item() == pytest.approx(-0.3)
+
+
+def test_torchvision_pretrained_offline_is_a_one_line_checkpoint_error(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution\nsecond line")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CheckpointError) as err:
+        create_model("shufflenet_v2_x0_5", 10, pretrained=True)
+    msg = str(err.value)
+    assert "\n" not in msg and "shufflenet_v2_x0_5" in msg and "shufflenetv2_x0.5" in msg
+
+
+@pytest.mark.parametrize("num_classes", [1000, 10])
+def test_torchvision_pretrained_loads_backbone(monkeypatch, num_classes):
+    reference = create_model("shufflenet_v2_x0_5", 1000)
+    monkeypatch.setattr(
+        torch.hub, "load_state_dict_from_url", lambda *a, **k: reference.state_dict()
+    )
+    model = create_model("shufflenet_v2_x0_5", num_classes, pretrained=True)
+    assert torch.equal(model.conv1[0].weight, reference.conv1[0].weight)
+    assert model.fc.out_features == num_classes
+    if num_classes == 1000:
+        assert torch.equal(model.fc.weight, reference.fc.weight)

@@ -17,7 +17,18 @@ from kdsweep.models.registry import (
 )
 
 # Model files: importing them runs their @register_model decorators.
-from kdsweep.models import cifar_resnet, wrn  # noqa: E402, F401  isort: skip
+from kdsweep.models import (  # noqa: E402, F401  isort: skip
+    cifar_resnet,
+    densenet,
+    efficientnet,
+    mobilenetv2,
+    resnet_cifar,
+    resnext,
+    shufflenet,
+    torchvision_models,
+    vgg,
+    wrn,
+)
 
 __all__ = [
     "FeatureSpec",

@@ -128,13 +128,14 @@ class FeatureTap:
 
     def _dry_shapes(self) -> tuple[list[int], int]:
         if self._shapes is None:
-            out = self.dry_run()
+            # channel counts do not depend on the resolution: probe 224-px models at 64 px
+            out = self.dry_run(min(self.spec.input_size, 64))
             self._shapes = ([f.shape[1] for f in out.feats], out.pooled.shape[1])
         return self._shapes
 
     @property
     def stage_channels(self) -> list[int]:
-        """Channel counts of ``feats`` (f0 .. fn), from one dry run at the native input size."""
+        """Channel counts of ``feats`` (f0 .. fn), from one dry run (cached)."""
         return list(self._dry_shapes()[0])
 
     @property
