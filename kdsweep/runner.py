@@ -16,7 +16,7 @@ import mlflow
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep import tracking
+from kdsweep import sweeping, tracking
 from kdsweep.config import validate
 from kdsweep.data import DataBundle, build_data
 from kdsweep.engine import (
@@ -120,6 +120,8 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
         "student": cfg.student.name, "teacher": teacher.arch if teacher else "none",
         "device": describe_device(device), "precision": precision.name,
     }
+    tags.update(sweeping.parent_tags(cfg.get("sweep")))
+    reporter = sweeping.TrialReporter.from_cfg(cfg.get("sweep"))
     run_name = (f"{method.name} {teacher.arch}->{cfg.student.name}" if teacher
                 else f"{method.name} {cfg.student.name}")
     with mlflow.start_run(run_name=run_name, tags=tags) as active:
@@ -148,6 +150,14 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
                     "model": student.state_dict(), "method": method.state_dict(),
                     "epoch": epoch + 1, "val_acc": metrics["val_acc"], "config": composed,
                 })
+            if reporter is not None:
+                try:
+                    reporter.report(metrics["val_acc"], epoch + 1)
+                except Exception as e:
+                    if type(e).__name__ == "TrialPruned":
+                        mlflow.set_tag("pruned_at_epoch", str(epoch + 1))
+                        mlflow.end_run(status="KILLED")
+                    raise
 
         started = time.perf_counter()
         result = trainer.fit(on_epoch_end)
