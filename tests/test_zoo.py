@@ -1,0 +1,78 @@
+"""``python -m kdsweep.zoo``: the cost table of every model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdsweep.models import count_macs, create_model, list_models
+from kdsweep.zoo import main, model_cost, zoo_table
+
+
+def test_table_has_every_model_with_published_numbers():
+    rows = {r.name: r for r in zoo_table()}
+    assert set(rows) == set(list_models())
+    assert rows["resnet56"].params == 861_620 and rows["resnet56"].macs == 125_753_600
+    assert rows["resnet32x4"].params == 7_433_860
+    # torchvision models at 224 px with 1000 classes: torchvision's documented figures
+    assert rows["resnet18"].params == 11_689_512 and rows["resnet18"].input_size == 224
+    assert round(rows["resnet18"].macs / 1e9, 2) == 1.81  # torchvision: 1.81 GFLOPS (MACs)
+    assert round(rows["resnet50"].macs / 1e9, 2) == 4.09
+    assert round(rows["mobilenet_v2"].macs / 1e9, 2) == 0.30
+    assert rows["ResNet50"].num_classes == 100 and rows["resnet50"].num_classes == 1000
+
+
+def test_meta_device_count_equals_a_real_forward():
+    real = create_model("ShuffleV2", 10)
+    cost = model_cost("ShuffleV2", 10)
+    assert cost.macs == count_macs(real, 32) and cost.params == sum(
+        p.numel() for p in real.parameters()
+    )
+    assert next(real.parameters()).device == torch.device("cpu")
+
+
+def test_teacher_ratio_and_family_filter(capsys):
+    assert main(["--teacher", "resnet32x4", "--family", "cifar_resnet"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "params / resnet32x4" in lines[0]
+    row = next(line for line in lines if line.startswith("resnet8x4 "))
+    assert row.split()[-1] == f"{100 * 1_233_540 / 7_433_860:.2f}%" == "16.59%"
+    assert "wrn_40_2" not in out
+    # natural order inside a family
+    names = [line.split()[0] for line in lines[2:]]
+    assert names.index("resnet8") < names.index("resnet14") < names.index("resnet110")
+
+
+def test_num_classes_override(capsys):
+    assert main(["--family", "wrn", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "691,674" in out and "2,243,546" in out  # wrn_16_2, wrn_40_2 on CIFAR-10
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--teacher", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--family", "transformers"], "unknown family 'transformers'"),
+        (["--num-classes", "0"], "--num-classes must be positive"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and needle in err and err.count("\n") == 1
+
+
+def test_runs_as_a_module():
+    proc = subprocess.run(
+        [sys.executable, "-m", "kdsweep.zoo", "--family", "vgg", "--teacher", "vgg13"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "vgg8" in proc.stdout and "41.90%" in proc.stdout  # 3,965,028 / 9,462,180
