@@ -1,0 +1,62 @@
+"""FitNets: hints for thin deep nets."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from kdsweep.errors import ConfigError
+from kdsweep.methods.base import BuildContext, StepInfo, check_range, register_method
+from kdsweep.methods.connectors import ConvReg, FeatureMethod, require_features
+from kdsweep.models import ModelOutput
+
+
+@register_method("fitnet")
+class FitNet(FeatureMethod):
+    """FitNets, Romero, Ballas, Kahou, Chassang, Gatta & Bengio, ICLR 2015, arXiv:1412.6550.
+
+    A learned regressor ``r`` (RepDistiller's ``ConvReg``: a conv whose stride/kernel maps the
+    student's hint map onto the teacher's H x W and channels, then BN + ReLU) makes the student's
+    stage-``hint_layer`` map predict the teacher's::
+
+        loss = ce_weight * CE + feat_weight * mean((r(f_s[h]) - f_t[h])^2)  [+ kd_weight * KD]
+
+    ``h = hint_layer`` indexes ``ModelOutput.feats`` (f0 = stem), the same index as RepDistiller's
+    ``feat[h]`` and mdistiller's ``feats[h]``. Defaults: ``hint_layer 2, feat_weight 100, ce 1``
+    (RepDistiller ``-a 0 -b 100 --hint_layer 2``; mdistiller ``FITNET.*``). RepDistiller's extra
+    hint-only pre-training stage is not part of this method. Logged terms: ``ce``, ``hint``.
+    """
+
+    def __init__(self, feat_weight: float = 100.0, hint_layer: int = 2, ce_weight: float = 1.0,
+                 kd_weight: float = 0.0, T: float = 4.0):
+        super().__init__()
+        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
+        if int(hint_layer) != hint_layer:
+            raise ConfigError(f"method.hint_layer={hint_layer!r} must be an integer")
+        self.hint_layer = int(check_range("method.hint_layer", hint_layer, 0.0))
+        self._init_logits(ce_weight, kd_weight, T)
+        self.regressor: ConvReg | None = None
+
+    def _hints(self, out: ModelOutput, who: str) -> Tensor:
+        require_features(self.name, out, who, min_stages=1)
+        if self.hint_layer >= len(out.feats):
+            raise ConfigError(
+                f"method.hint_layer={self.hint_layer} is out of range for the {who}: it has "
+                f"feats f0..f{len(out.feats) - 1}"
+            )
+        return out.feats[self.hint_layer]
+
+    def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+              context: BuildContext) -> None:
+        f_s = self._hints(student_out, "student")
+        f_t = self._hints(teacher_out, "teacher")
+        self.regressor = ConvReg(f_s.shape, f_t.shape)
+
+    def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+                targets: Tensor, info: StepInfo) -> dict[str, Tensor]:
+        assert self.regressor is not None, "fitnet: build() was not called"
+        terms = self._logit_terms(student_out, teacher_out, targets)
+        f_s = self.regressor(student_out.feats[self.hint_layer])
+        f_t = teacher_out.feats[self.hint_layer].detach()
+        terms["hint"] = self.feat_weight * F.mse_loss(f_s.float(), f_t.float())
+        return terms
