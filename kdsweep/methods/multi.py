@@ -140,6 +140,13 @@ class Multi(Method):
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: Tensor, info: StepInfo) -> dict[str, Tensor]:
+        if teacher_out is not None:  # no part can backpropagate into the teacher
+            teacher_out = ModelOutput(
+                logits=teacher_out.logits.detach(),
+                feats=[f.detach() for f in teacher_out.feats],
+                preact_feats=[f.detach() for f in teacher_out.preact_feats],
+                pooled=None if teacher_out.pooled is None else teacher_out.pooled.detach(),
+            )
         terms: dict[str, Tensor] = {}
         for ns, m in self.parts.items():
             for k, v in m(student_out, teacher_out, targets, info).items():
