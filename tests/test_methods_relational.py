@@ -282,6 +282,15 @@ def test_semckd_refuses_a_batch_wider_than_its_attention():
         method(s, t, torch.zeros(4, dtype=torch.long), INFO)
 
 
+def test_semckd_needs_the_training_batch_size():
+    s = ModelOutput(torch.randn(4, 10), feats=[torch.randn(4, 2, 4, 4)] * 2)
+    t = ModelOutput(torch.randn(4, 10), feats=[torch.randn(4, 2, 4, 4)] * 2)
+    for name in ("semckd", "modreduce"):
+        with pytest.raises(ConfigError, match="method.batch_size is not set"):
+            built({"name": name}, ModelOutput(s.logits, s.feats, pooled=torch.randn(4, 3)),
+                  ModelOutput(t.logits, t.feats, pooled=torch.randn(4, 3)), ctx(100, None))
+
+
 def test_yaml_defaults_compose(compose):
     from kdsweep.methods import create_method as make
 

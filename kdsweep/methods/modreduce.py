@@ -22,7 +22,7 @@ from kdsweep.errors import ConfigError
 from kdsweep.methods.base import BuildContext, Method, StepInfo, check_range, register_method
 from kdsweep.methods.crd import CRD_MODES, CRDObjective, check_choice, check_int, require
 from kdsweep.methods.kd import kd_loss, logit_terms
-from kdsweep.methods.semckd import SemCKDObjective
+from kdsweep.methods.semckd import SemCKDObjective, attention_width
 from kdsweep.models import ModelOutput
 
 PEERS = ("resp", "rel", "feat")  # response (Hinton KD), relational (CRD), feature (SemCKD)
@@ -168,7 +168,7 @@ class ModReduce(Method):
                  online_start: float = 0.0, pcl_T: float = 3.0, pcl_rampup: float = 1 / 3,
                  pcl_ema: float = 0.999, feat_dim: int = 128, nce_k: int = 16384,
                  nce_t: float = 0.07, nce_m: float = 0.5, crd_mode: str = "exact",
-                 batch_size: int = 64):
+                 batch_size: int | None = None):
         super().__init__()
         key = _ALIASES.get(str(online).lower())
         if key is None:
@@ -196,7 +196,7 @@ class ModReduce(Method):
         self.nce_t = check_range("method.nce_t", nce_t, 0.0, lo_open=True)
         self.nce_m = check_range("method.nce_m", nce_m, 0.0, 1.0)
         self.crd_mode = check_choice("method.crd_mode", crd_mode, CRD_MODES)
-        self.batch_size = check_int("method.batch_size", batch_size, 1)
+        self.batch_size = None if batch_size is None else check_int("method.batch_size", batch_size, 1)
         for peer, extra in zip(PEERS, (0.0, self.crd_weight, self.semckd_weight), strict=True):
             if self.ce_weight + self.kd_weight + extra <= 0:
                 raise ConfigError(f"modreduce: peer {peer!r} has no loss (its weights sum to 0)")
@@ -215,7 +215,8 @@ class ModReduce(Method):
                                 mode=self.crd_mode, num_train=context.num_train,
                                 train_labels=context.train_labels, owner=self.name)
         self.semckd = SemCKDObjective([f.shape[1] for f in s.feats[1:]],
-                                      [f.shape[1] for f in t.feats[1:]], self.batch_size)
+                                      [f.shape[1] for f in t.feats[1:]],
+                                      attention_width(self.name, self.batch_size, context))
         n = len(PEERS)
         if self.online == "WAvg":
             self.aggregator = WeightedAverage(n)

@@ -46,6 +46,16 @@ def gram_rows(f: Tensor, batch_size: int) -> Tensor:
     return F.pad(g, (0, batch_size - b)) if b < batch_size else g
 
 
+def attention_width(method: str, batch_size: int | None, context: BuildContext) -> int:
+    """The training batch size: ``method.batch_size``, else the build context's, else an error."""
+    width = batch_size if batch_size is not None else getattr(context, "batch_size", None)
+    if width is None:
+        raise ConfigError(f"{method}: method.batch_size is not set; SemCKD's attention reads rows of "
+                          f"B x B similarity matrices and needs the training batch size (conf/method/"
+                          f"{method}.yaml sets it to ${{schedule.batch_size}})")
+    return int(width)
+
+
 class SemCKDObjective(nn.Module):
     """SemCKD's ``SelfA`` + ``SemCKDLoss``: attention-weighted feature regression over layer pairs.
 
@@ -114,19 +124,20 @@ class SemCKD(Method):
         loss      = ce_weight * CE + kd_weight * KD(T) + weight * L_sem
 
     The attention MLPs read rows of ``B x B`` matrices, so their width is the training batch size
-    (``batch_size``, interpolated from ``schedule.batch_size``). The reference drops the last
-    incomplete batch; here a smaller batch's rows are zero-padded to that width. Defaults:
+    (``batch_size``, interpolated from ``schedule.batch_size`` by the YAML; when null, the build
+    context's ``batch_size`` if the engine gives one). The reference drops the last incomplete
+    batch; here a smaller batch's rows are zero-padded to that width. Defaults:
     ``weight 400, ce 1, kd 1, T 4`` (SemCKD README ``-r 1 -a 1 -b 400``). Logged terms: ``ce``,
     ``kd``, ``semckd``.
     """
 
     needs_features = True
 
-    def __init__(self, weight: float = 400.0, batch_size: int = 64, ce_weight: float = 1.0,
+    def __init__(self, weight: float = 400.0, batch_size: int | None = None, ce_weight: float = 1.0,
                  kd_weight: float = 1.0, T: float = 4.0):
         super().__init__()
         self.weight = check_range("method.weight", weight, 0.0)
-        self.batch_size = check_int("method.batch_size", batch_size, 1)
+        self.batch_size = None if batch_size is None else check_int("method.batch_size", batch_size, 1)
         self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
         self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
         self.T = check_range("method.T", T, 0.0, lo_open=True)
@@ -138,7 +149,8 @@ class SemCKD(Method):
         t = require(self.name, teacher_out, "teacher", feats=True)
         self.objective = SemCKDObjective([f.shape[1] for f in s.feats[1:]],
                                          [f.shape[1] for f in t.feats[1:]],
-                                         self.batch_size).to(s.logits.device)
+                                         attention_width(self.name, self.batch_size, context),
+                                         ).to(s.logits.device)
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: Tensor, info: StepInfo) -> dict[str, Tensor]:
