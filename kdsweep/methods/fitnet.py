@@ -23,8 +23,9 @@ class FitNet(FeatureMethod):
 
     ``h = hint_layer`` indexes ``ModelOutput.feats`` (f0 = stem), the same index as RepDistiller's
     ``feat[h]`` and mdistiller's ``feats[h]``. Defaults: ``hint_layer 2, feat_weight 100, ce 1``
-    (RepDistiller ``-a 0 -b 100 --hint_layer 2``; mdistiller ``FITNET.*``). RepDistiller's extra
-    hint-only pre-training stage is not part of this method. Logged terms: ``ce``, ``hint``.
+    (RepDistiller ``-a 0 -b 100 --hint_layer 2``; mdistiller ``FITNET.*``). As in both, the hint
+    is added to the CE in one stage (the paper trains the hint first, then KD). Logged terms:
+    ``ce``, ``hint``.
     """
 
     def __init__(self, feat_weight: float = 100.0, hint_layer: int = 2, ce_weight: float = 1.0,

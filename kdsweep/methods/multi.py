@@ -86,7 +86,8 @@ class Multi(Method):
     ``methods`` maps a namespace to a method config, ``{NS: {name: METHOD, OPTION: VALUE, ...}}``,
     where ``name`` defaults to ``NS`` (so ``{kd: {alpha: 0.9}, at: {ce_weight: 0}}`` works, and the
     same method can appear twice under two namespaces). A list of configs with ``name`` keys is
-    accepted too. Omitted options take the method's defaults (those of ``conf/method/NAME.yaml``);
+    accepted too. Omitted options take the defaults of the method's class (those of its YAML but
+    for interpolated values such as ``semckd``'s ``batch_size``);
     ``methods=None`` is :data:`DEFAULT_METHODS` (KD + AT, the YAML's default).
     ::
 
