@@ -1,0 +1,419 @@
+"""Sweep reports: the seeds' tables (rows alpha, columns T; one row per trick) from MLflow.
+
+``python -m kdsweep.report SWEEP_DIR_OR_PARENT_RUN_ID [--metric final_val_acc]`` reads the sweep's
+MLflow parent run and its child runs (one per trial) and writes, into the sweep directory:
+
+* ``report.md``: Markdown tables in the seeds' layout. Each cell is the child run's
+  ``best_val_acc`` metric (``--metric`` picks another one, e.g. ``final_val_acc``), in %, the best
+  cell in **bold**; a point that was not run is an empty cell (a sparse grid), a pruned trial reads
+  ``pruned (epoch N)``, a failed one ``failed``;
+* ``heatmap.png`` (two swept keys) or ``bars.png`` (one row per point or trial);
+* ``curves.png``: ``val_acc`` per epoch of every child run;
+
+and logs them as artifacts (``report/``) of the parent run. The kdsweep Optuna sweeper calls
+:func:`write_report` when a sweep ends. A child's cell is found from the overrides it ran with
+(its ``overrides`` param), so the values are exactly those MLflow recorded for that run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+# Overrides the sweeper adds to every trial: never table coordinates.
+BOOKKEEPING = ("sweep.", "hydra.")
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def format_value(value: Any) -> str:
+    """The override text of a value, as the sweeper writes it (so cells match exactly)."""
+    from hydra_plugins.kdsweep_optuna_sweeper._space import format_value as fmt
+
+    return fmt(value)
+
+
+def short(key: str) -> str:
+    """``method.alpha`` -> ``alpha`` (a table header)."""
+    return key.lstrip("+~").rsplit(".", 1)[-1]
+
+
+def parse_overrides(text: str) -> dict[str, str]:
+    """``"a=1 +b='x y'"`` -> ``{"a": "1", "b": "'x y'"}`` (keys without +/++/~ prefixes)."""
+    out: dict[str, str] = {}
+    try:
+        tokens = shlex.split(text, posix=False)
+    except ValueError:
+        tokens = text.split()
+    for tok in tokens:
+        key, sep, value = tok.partition("=")
+        if sep:
+            out[key.lstrip("+~")] = value
+    return out
+
+
+@dataclass
+class Child:
+    run_id: str
+    status: str
+    start_time: int
+    trial: int | None
+    coords: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    def value(self, metric: str) -> float | None:
+        v = self.metrics.get(metric)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    def rank(self) -> tuple[int, int]:
+        """Which of several runs of one cell to show: finished first, then the newest."""
+        return (self.status == "FINISHED", self.start_time)
+
+
+@dataclass
+class Cell:
+    child: Child | None
+    value: float | None = None
+    best: bool = False
+
+    def text(self) -> str:
+        if self.child is None:
+            return ""
+        if self.value is not None and self.child.status == "FINISHED":
+            s = f"{self.value:.2f}"
+            return f"**{s}**" if self.best else s
+        if "pruned_at_epoch" in self.child.tags:
+            return f"pruned (epoch {self.child.tags['pruned_at_epoch']})"
+        return {"FAILED": "failed", "RUNNING": "running", "KILLED": "killed"}.get(
+            self.child.status, self.child.status.lower())
+
+
+@dataclass
+class Table:
+    """One Markdown table: a pivot (rows x cols) or a list (one row per label)."""
+
+    kind: str                         # "pivot" or "list"
+    title: str
+    row_key: str | None
+    col_key: str | None
+    row_labels: list[str]
+    col_labels: list[str]
+    cells: list[list[Cell]]
+    corner: str = ""
+    extra_cols: list[str] = field(default_factory=list)   # list tables: params shown per row
+    extra: list[list[str]] = field(default_factory=list)
+
+    def values(self) -> list[list[float | None]]:
+        """The numbers of the table (None: missing, pruned, failed)."""
+        return [[c.value if c.child is not None and c.child.status == "FINISHED" else None
+                 for c in row] for row in self.cells]
+
+    def markdown(self, metric: str) -> str:
+        if self.kind == "pivot":
+            head = [self.corner] + self.col_labels
+            rows = [[lab] + [c.text() for c in row] for lab, row in zip(self.row_labels, self.cells,
+                                                                        strict=True)]
+        else:
+            head = [self.corner, *self.extra_cols, metric]
+            rows = [[lab, *ex, row[0].text()] for lab, ex, row in
+                    zip(self.row_labels, self.extra or [[]] * len(self.row_labels), self.cells,
+                        strict=True)]
+        align = ["---"] + [":---:"] * (len(head) - 1)
+        lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return (f"### {self.title}\n\n" if self.title else "") + "\n".join(lines)
+
+
+@dataclass
+class Report:
+    parent_run_id: str
+    metric: str
+    tables: list[Table]
+    children: list[Child]
+    markdown: str
+    out_dir: Path
+    files: list[Path]
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.files[0]
+
+
+# ------------------------------------------------------------------------------------ sources
+def _load_sweep_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{path}: not a readable sweep.json ({e})") from None
+
+
+def resolve_target(target: str, tracking_uri: str | None = None) -> tuple[dict[str, Any], Path | None]:
+    """``SWEEP_DIR`` (with a sweep.json) or a parent run id -> (sweep info, sweep dir or None)."""
+    p = Path(target)
+    if p.is_dir() or p.name == "sweep.json":
+        f = p if p.name == "sweep.json" else p / "sweep.json"
+        if not f.is_file():
+            raise ReportError(f"{p}: no sweep.json here; give the directory of a kdsweep sweep "
+                              "(multirun/<study_name>) or the MLflow run id of its parent run")
+        info = _load_sweep_json(f)
+        if tracking_uri:
+            info["tracking_uri"] = tracking_uri
+        return info, f.parent
+    if not RUN_ID.match(target):
+        raise ReportError(f"{target!r} is neither a sweep directory nor an MLflow run id")
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    info: dict[str, Any] = {"parent_run_id": target, "tracking_uri": uri}
+    try:
+        text = client.download_artifacts(target, "sweep.json")
+        info = {**json.loads(Path(text).read_text()), **info}
+    except Exception:
+        pass  # a parent run not made by the kdsweep sweeper: a plain list of its children
+    d = info.get("study_dir")
+    return info, Path(d) if d and Path(d).is_dir() else None
+
+
+def fetch_children(client: MlflowClient, parent_run_id: str) -> list[Child]:
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000)
+    out = []
+    for r in runs:
+        tags = r.data.tags
+        coords = {k: v for k, v in parse_overrides(r.data.params.get("overrides", "")).items()
+                  if not k.startswith(BOOKKEEPING)}
+        trial = tags.get("optuna.trial")
+        out.append(Child(r.info.run_id, r.info.status, r.info.start_time or 0,
+                         int(trial) if trial and trial.isdigit() else None, coords,
+                         dict(r.data.metrics), dict(tags)))
+    return out
+
+
+# ------------------------------------------------------------------------------------- layout
+def _higher_is_better(metric: str) -> bool:
+    return not any(w in metric for w in ("loss", "gap", "time", "error"))
+
+
+def _pick(children: Sequence[Child], want: Mapping[str, str | None]) -> Child | None:
+    """The run of one cell: its coords match ``want`` (None: the key was not overridden)."""
+    match = [c for c in children
+             if all(c.coords.get(k) == v if v is not None else k not in c.coords
+                    for k, v in want.items())]
+    return max(match, key=Child.rank) if match else None
+
+
+def _mark_best(tables: Sequence[Table], metric: str) -> None:
+    cells = [c for t in tables for row in t.cells for c in row
+             if c.child is not None and c.child.status == "FINISHED" and c.value is not None]
+    if cells:
+        best = (max if _higher_is_better(metric) else min)(c.value for c in cells)
+        for c in cells:
+            c.best = c.value == best
+
+
+def _unique(seq: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(seq))
+
+
+def _bare(key: str | None) -> str | None:
+    return key.lstrip("+~") if key else key
+
+
+def _normalised(space: Mapping[str, Any]) -> dict[str, Any]:
+    """The sweep definition with override keys stripped of +/++/~ (as in the children's coords)."""
+    out = dict(space)
+    if space.get("points") is not None:
+        out["points"] = [{**p, "values": {_bare(k): v for k, v in p["values"].items()}}
+                         for p in space["points"]]
+    if space.get("axes") is not None:
+        out["axes"] = [[_bare(k), v] for k, v in space["axes"]]
+    if space.get("params") is not None:
+        out["params"] = {_bare(k): v for k, v in space["params"].items()}
+    return out
+
+
+def build_tables(info: Mapping[str, Any], children: Sequence[Child], metric: str) -> list[Table]:
+    """The tables of a sweep: a pivot for two swept keys, else one row per point or trial."""
+    space = _normalised(info.get("space") or {})
+    rep = info.get("report") or {}
+    rows_key, cols_key = _bare(rep.get("rows")), _bare(rep.get("cols"))
+    title = rep.get("title") or ""
+    points = space.get("points")
+    axes = space.get("axes")
+    if points is not None:
+        keys = _unique([k for p in points for k in p["values"]])
+        labelled = any(p.get("label") for p in points)
+        if not (rows_key and cols_key):
+            if axes and len(axes) >= 2:
+                rows_key, cols_key = axes[0][0], axes[1][0]
+            elif len(keys) == 2 and not labelled and all(len(p["values"]) == 2 for p in points):
+                rows_key, cols_key = keys
+        if rows_key and cols_key:
+            return _pivot_tables(points, children, metric, rows_key, cols_key, title)
+        table = Table("list", title, None, None, [], [], [],
+                      corner=rep.get("label_header") or ("point" if not labelled else ""))
+        for p in points:
+            want = {k: format_value(v) for k, v in p["values"].items()}
+            child = _pick(children, want)
+            table.row_labels.append(p.get("label") or ", ".join(f"{short(k)}={v}"
+                                                                for k, v in want.items()))
+            table.cells.append([Cell(child, child.value(metric) if child else None)])
+        _mark_best([table], metric)
+        return [table]
+    # A sampled search (TPE, random, ...) or a parent run without a sweep definition.
+    swept = list((space.get("params") or {}).keys()) or _unique(
+        [k for c in children for k in c.coords])
+    if rows_key and cols_key:
+        pts = [{"values": {k: c.coords.get(k) for k in (rows_key, cols_key)}} for c in children]
+        return _pivot_tables(pts, children, metric, rows_key, cols_key, title, raw=True)
+    hib = _higher_is_better(metric)
+
+    def order(c: Child) -> tuple[int, float]:
+        v = c.value(metric) if c.status == "FINISHED" else None
+        return (v is None, -(v or 0.0) if hib else (v or 0.0))
+
+    ordered = sorted(children, key=lambda c: (order(c), c.trial if c.trial is not None else 1 << 30))
+    table = Table("list", title, None, None, [], [], [], corner=rep.get("label_header") or "trial",
+                  extra_cols=[short(k) for k in swept])
+    for c in ordered:
+        table.row_labels.append(str(c.trial) if c.trial is not None else c.run_id[:8])
+        table.extra.append([_fmt_number(c.coords.get(k, "")) for k in swept])
+        table.cells.append([Cell(c, c.value(metric))])
+    _mark_best([table], metric)
+    return [table]
+
+
+def _fmt_number(text: str) -> str:
+    try:
+        v = float(text)
+    except ValueError:
+        return text
+    return text if len(text) <= 8 else f"{v:.4g}"
+
+
+def _pivot_tables(points: Sequence[Mapping[str, Any]], children: Sequence[Child], metric: str,
+                  rows_key: str, cols_key: str, title: str, raw: bool = False) -> list[Table]:
+    """Rows x cols tables; any other swept key gives one table per combination of its values."""
+    def fmt(v: Any) -> str:
+        return str(v) if raw else format_value(v)
+
+    row_vals = _unique([fmt(p["values"][rows_key]) for p in points if rows_key in p["values"]])
+    col_vals = _unique([fmt(p["values"][cols_key]) for p in points if cols_key in p["values"]])
+    others = _unique([k for p in points for k in p["values"] if k not in (rows_key, cols_key)])
+    groups = list(dict.fromkeys(
+        tuple((k, fmt(p["values"][k]) if k in p["values"] else None) for k in others)
+        for p in points))
+    tables = []
+    for g in groups:
+        fixed = dict(g)
+        cells = [[Cell(None) for _ in col_vals] for _ in row_vals]
+        for i, r in enumerate(row_vals):
+            for j, c in enumerate(col_vals):
+                child = _pick(children, {rows_key: r, cols_key: c, **fixed})
+                if child is not None:
+                    cells[i][j] = Cell(child, child.value(metric))
+        sub = ", ".join(f"{short(k)}={v}" for k, v in fixed.items() if v is not None)
+        tables.append(Table("pivot", " ".join(x for x in (title, f"({sub})" if sub else "") if x),
+                            rows_key, cols_key, row_vals, col_vals, cells,
+                            corner=f"{short(rows_key)} \\ {short(cols_key)}"))
+    _mark_best(tables, metric)
+    return tables
+
+
+# ------------------------------------------------------------------------------------- output
+def render(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[Child],
+           metric: str) -> str:
+    name = info.get("study_name") or info.get("parent_run_id")
+    n = {s: sum(c.status == s for c in children) for s in ("FINISHED", "KILLED", "FAILED", "RUNNING")}
+    pruned = sum("pruned_at_epoch" in c.tags for c in children)
+    parts = [f"## Sweep {name}", ""]
+    for t in tables:
+        parts += [t.markdown(metric), ""]
+    parts.append(
+        f"Values: the `{metric}` metric (%) of each child run of MLflow run "
+        f"`{info.get('parent_run_id')}` (experiment `{info.get('experiment', '?')}`); "
+        f"**bold** = best{'' if _higher_is_better(metric) else ' (lowest)'}; "
+        "an empty cell = a point not run. "
+        f"{len(children)} child runs: {n['FINISHED']} finished, {pruned} pruned, "
+        f"{n['FAILED']} failed" + (f", {n['RUNNING']} running" if n["RUNNING"] else "") + ".")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(target: str | Path, metric: str = "best_val_acc", out_dir: str | Path | None = None,
+                 tracking_uri: str | None = None, log_to_parent: bool = True) -> Report:
+    """Build the tables and plots of a sweep; write them to its directory and its parent run."""
+    info, sweep_dir = resolve_target(str(target), tracking_uri)
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    parent_id = info["parent_run_id"]
+    try:
+        client.get_run(parent_id)
+    except Exception as e:
+        raise ReportError(f"MLflow run {parent_id} not found at {info['tracking_uri']}: {e}") from None
+    children = fetch_children(client, parent_id)
+    tables = build_tables(info, children, metric)
+    text = render(info, tables, children, metric)
+    out = Path(out_dir) if out_dir else sweep_dir or Path.cwd() / f"report-{parent_id[:8]}"
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if metric == "best_val_acc" else f"-{metric}"
+    md = out / f"report{suffix}.md"
+    md.write_text(text)
+    files = [md]
+    from kdsweep import report_plots
+
+    pivots = [t for t in tables if t.kind == "pivot"]
+    if pivots:
+        files.append(report_plots.heatmap(pivots, out / f"heatmap{suffix}.png", metric))
+    elif any(t.cells for t in tables):
+        files.append(report_plots.bars(tables, out / f"bars{suffix}.png", metric))
+    curves = report_plots.curves(client, tables, out / "curves.png")
+    if curves is not None:
+        files.append(curves)
+    if log_to_parent:
+        for f in files:
+            client.log_artifact(parent_id, str(f), "report")
+    return Report(parent_id, metric, tables, children, text, out, files)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m kdsweep.report",
+        description="Tables (Markdown), heatmap and accuracy curves of a kdsweep sweep, from MLflow.")
+    ap.add_argument("target", help="the sweep directory (multirun/<study_name>, with sweep.json) "
+                                   "or the MLflow run id of the sweep's parent run")
+    ap.add_argument("--metric", default="best_val_acc",
+                    help="child-run metric in the cells (default best_val_acc; e.g. final_val_acc)")
+    ap.add_argument("--tracking-uri", default=None,
+                    help="MLflow store (default: the sweep's, else $MLFLOW_TRACKING_URI, else "
+                         "sqlite:///mlflow.db)")
+    ap.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
+    ap.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    try:
+        rep = write_report(args.target, args.metric, args.out, args.tracking_uri,
+                           log_to_parent=not args.no_log)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(rep.markdown)
+    print("written: " + ", ".join(str(f) for f in rep.files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""The kdsweep Optuna sweeper (hydra/sweeper=kdsweep_optuna): real ``python run.py -m`` sweeps on
+the embedded set with tiny schedules, real SQLite Optuna and MLflow stores in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from hydra_plugins.kdsweep_optuna_sweeper import _space
+from hydra_plugins.kdsweep_optuna_sweeper._claims import Claims
+from hydra_plugins.kdsweep_optuna_sweeper._tracking import mask_url
+from hydra_plugins.kdsweep_optuna_sweeper.pruning import make_pruner, pruner_for_study
+from kdsweep.engine import save_checkpoint
+from kdsweep.models import create_model
+from kdsweep.report import write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["schedule.epochs=2", "train.limit_train_batches=3", "train.limit_val_batches=1",
+        "schedule.eval_batch_size=1000", "train.progress=false", "cpu_threads=1"]
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+
+
+def _cmd(args: list[str]) -> list[str]:
+    return [sys.executable, str(ROOT / "run.py"), "-m", "hydra/sweeper=kdsweep_optuna", *args]
+
+
+def sweep(tmp_path: Path, args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    p = subprocess.run(_cmd(args), cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                       text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
+    return p
+
+
+@pytest.fixture
+def teacher(tmp_path: Path) -> str:
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, {"arch": "resnet8", "num_classes": 10,
+                           "model": create_model("resnet8", num_classes=10).state_dict()})
+    return str(path)
+
+
+def study_of(tmp_path: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name,
+                             storage=f"sqlite:///{tmp_path / 'multirun' / name / 'optuna.db'}")
+
+
+def mlflow_runs(tmp_path: Path) -> tuple[MlflowClient, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("kdsweep")
+    return client, client.search_runs([exp.experiment_id], "", max_results=1000)
+
+
+def parent_and_children(tmp_path: Path, study: str):
+    client, runs = mlflow_runs(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("kdsweep.study") == study]
+    assert len(parents) == 1, [r.info.run_id for r in parents]
+    pid = parents[0].info.run_id
+    return client, parents[0], [r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid]
+
+
+def write_preset(tmp_path: Path, name: str, body: str) -> str:
+    """A user preset in an extra config dir: ``+experiment=<name>`` via hydra.searchpath."""
+    d = tmp_path / "conf" / "experiment"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{name}.yaml").write_text("# @package _global_\n" + body)
+    return f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+
+
+# ------------------------------------------------------------------------------ fast units
+def test_override_grammar_matches_hydra_optuna_sweeper():
+    s = _space.build({"method.alpha": "choice(0.2, 0.8)", "method.T": "range(2, 6, 2)",
+                      "seed": 3}, ["schedule.lr=tag(log, interval(0.001, 0.1))",
+                                   "method.beta=interval(0, 4)", "dataset=embedded"],
+                     grid=False, points=None)
+    d = s.distributions
+    assert list(d["method.alpha"].choices) == [0.2, 0.8]
+    assert (d["method.T"].low, d["method.T"].high, d["method.T"].step) == (2, 6, 2)  # end included
+    assert d["schedule.lr"].log and (d["schedule.lr"].low, d["schedule.lr"].high) == (0.001, 0.1)
+    assert type(d["method.beta"]).__name__ == "FloatDistribution"  # Hydra: interval() is float
+    assert s.fixed == ["seed=3", "dataset=embedded"]
+
+    g = _space.build({"method.alpha": "choice(0.2,0.8)"}, ["method.T=range(1,3)",
+                                                           "schedule.lr=range(0.1,0.3,0.1)"],
+                     grid=True, points=None)
+    assert len(g.points) == 2 * 3 * 3 and g.points[0].values == {
+        "method.alpha": 0.2, "method.T": 1, "schedule.lr": 0.1}
+    assert [v for k, v in g.axes if k == "schedule.lr"][0] == [0.1, 0.2, 0.3]
+    assert g.points[-1].overrides() == ["method.alpha=0.8", "method.T=3", "schedule.lr=0.3"]
+    with pytest.raises(_space.SearchSpaceError, match="schedule.lr: the grid sampler needs"):
+        _space.build(None, ["schedule.lr=interval(0.1,0.2)"], grid=True, points=None)
+
+    p = _space.build(None, ["dataset=embedded"], grid=True, points=[
+        {"_label_": "steplr", "schedule": "step"},
+        {"_label_": "warmup 3", "schedule": "warmup_cosine", "schedule.warmup_epochs": 3}])
+    assert [pt.label for pt in p.points] == ["steplr", "warmup 3"]
+    assert p.points[1].overrides() == ["schedule=warmup_cosine", "schedule.warmup_epochs=3"]
+    with pytest.raises(_space.SearchSpaceError, match="cannot also be swept"):
+        _space.build(None, ["method.T=choice(1,2)"], grid=True, points=[{"method.alpha": 0.5}])
+    assert _space.format_value("a b") == "'a b'" and _space.format_value(None) == "null"
+    assert _space.format_value("0.5") == "'0.5'" and _space.format_value(1e-05) == "1e-05"
+
+
+def test_claims_are_atomic_and_pruner_is_read_from_the_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    a, b = Claims(url), Claims(url)
+    assert a.insert("s", "p", "1") and not b.insert("s", "p", "2")
+    assert b.swap("s", "p", "1", "7") and not a.swap("s", "p", "1", "8")
+    assert a.get("s", "p").value == "7"
+
+    study = optuna.create_study(storage=url, study_name="s", direction="maximize")
+    assert type(pruner_for_study(study)).__name__ == "NopPruner"
+    study.set_user_attr("kdsweep_pruner", {"_target_": "optuna.pruners.MedianPruner",
+                                           "n_startup_trials": 2, "n_warmup_steps": 1})
+    p = pruner_for_study(optuna.load_study(study_name="s", storage=url))
+    assert type(p).__name__ == "MedianPruner" and p._n_startup_trials == 2
+    with pytest.raises(ValueError, match="only optuna.pruners"):
+        make_pruner({"_target_": "os.system"})
+    assert mask_url("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
+
+
+# ------------------------------------------------------------------------ real sweeps
+def test_two_sweepers_share_a_grid_without_repeating_a_point(tmp_path, teacher):
+    """Two processes, one SQLite study, a 3 x 2 grid: each point runs exactly once; one MLflow
+    parent with every trial as its child; the report's table holds the children's metrics."""
+    from mlflow.tracking import MlflowClient as Client
+
+    Client(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("kdsweep")
+    args = ["hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=g",
+            "method.alpha=choice(0.2,0.5,0.8)", "method.T=choice(2,4)", "teacher=resnet8",
+            f"teacher.checkpoint={teacher}", *TINY]
+    procs = [subprocess.Popen(_cmd(args + [f"hydra.sweep.dir=multirun/g{i}"]), cwd=tmp_path,
+                              env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-4000:] for o in outs]
+
+    trials = study_of(tmp_path, "g").get_trials()
+    points = [(t.params["method.alpha"], t.params["method.T"]) for t in trials
+              if t.state == TrialState.COMPLETE]
+    assert sorted(points) == [(a, t) for a in (0.2, 0.5, 0.8) for t in (2, 4)]  # each once
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    launched = [(o[0] + o[1]).count("Launching 1 jobs locally") for o in outs]
+    assert sum(launched) == 6, launched
+
+    client, parent, children = parent_and_children(tmp_path, "g")
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.sampler"] == "GridSampler"
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    assert sorted(int(c.data.tags["optuna.trial"]) for c in children) == list(range(6))
+    assert {c.data.tags["optuna.study"] for c in children} == {"g"}
+    by_point = {(c.data.params["method.alpha"], c.data.params["method.T"]): c for c in children}
+    best = max(c.data.metrics["best_val_acc"] for c in children)
+    assert client.get_run(parent.info.run_id).data.metrics["best_value"] == pytest.approx(best)
+
+    rep = write_report(tmp_path / "multirun" / "g", log_to_parent=False)
+    (table,) = rep.tables
+    assert (table.row_labels, table.col_labels) == (["0.2", "0.5", "0.8"], ["2", "4"])
+    for i, a in enumerate(table.row_labels):
+        for j, t in enumerate(table.col_labels):
+            assert table.values()[i][j] == by_point[(a, t)].data.metrics["best_val_acc"]
+    assert "**" in rep.markdown and "| alpha \\ T | 2 | 4 |" in rep.markdown
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.md", "report/heatmap.png", "report/curves.png"} <= logged
+
+
+def test_resume_runs_only_missing_points_and_failures_do_not_stop_it(tmp_path, teacher):
+    """n_trials=2 of 4 points, then the rest: nothing runs twice, the same parent run is reused;
+    a trial that raises (alpha out of range) and one whose loss is NaN are FAILED in Optuna and
+    MLflow with their reason, and the sweep goes on."""
+    sp = write_preset(tmp_path, "t_fail", """
+hydra:
+  sweeper:
+    study_name: f
+    points:
+      - {method.alpha: 0.5, schedule.lr: 0.05}
+      - {method.alpha: 0.8, schedule.lr: 0.05}
+      - {method.alpha: 1.5, schedule.lr: 0.05}
+      - {method.alpha: 0.5, schedule.lr: 1.0e8}
+""")
+    base = [sp, "+experiment=t_fail", "hydra/sweeper/sampler=grid", "teacher=resnet8",
+            f"teacher.checkpoint={teacher}", *TINY]
+    sweep(tmp_path, base + ["hydra.sweeper.n_trials=2"])
+    study = study_of(tmp_path, "f")
+    assert [(t.state, t.params["method.alpha"]) for t in study.get_trials()] == [
+        (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.8)]
+    _, parent1, _ = parent_and_children(tmp_path, "f")
+
+    p = sweep(tmp_path, base)  # n_trials: null = every point
+    assert "2/4 trials done or running; running up to 2 now" in p.stderr + p.stdout
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2
+    assert "ConfigError: method.alpha=1.5" in trials[2].user_attrs["error"]
+    assert "TrainingDiverged" in trials[3].user_attrs["error"]
+
+    _, parent, children = parent_and_children(tmp_path, "f")
+    assert parent.info.run_id == parent1.info.run_id and parent.info.status == "FINISHED"
+    status = {int(c.data.tags["optuna.trial"]): c.info.status for c in children}
+    assert status == {0: "FINISHED", 1: "FINISHED", 2: "FAILED", 3: "FAILED"}
+    errors = {int(c.data.tags["optuna.trial"]): c.data.tags.get("kdsweep.error", "")
+              for c in children}
+    assert "method.alpha=1.5" in errors[2] and "TrainingDiverged" in errors[3]
+    (table,) = write_report(tmp_path / "multirun" / "f", log_to_parent=False).tables
+    assert (table.row_labels, table.col_labels) == (["0.5", "0.8", "1.5"], ["0.05", "100000000.0"])
+    texts = [[c.text() for c in row] for row in table.cells]
+    assert texts[0][1] == "failed" and texts[1][1] == "" and texts[2] == ["failed", ""]
+    metric = {int(c.data.tags["optuna.trial"]): c.data.metrics.get("best_val_acc") for c in children}
+    assert [table.values()[0][0], table.values()[1][0]] == [metric[0], metric[1]]
+
+
+def test_tpe_sweep_in_parallel_with_joblib(tmp_path, teacher):
+    """4 TPE trials, 2 at a time through the joblib launcher (falls back to the basic launcher
+    when hydra-joblib-launcher is not installed): distinct trials, children, a list report."""
+    try:
+        import hydra_plugins.hydra_joblib_launcher  # noqa: F401
+        launcher = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    except ImportError:
+        launcher = []
+    sweep(tmp_path, [*launcher, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=4",
+                     "hydra.sweeper.study_name=t", "hydra.sweeper.sampler.seed=1",
+                     "method.alpha=interval(0.1,0.9)", "method.T=choice(1,2,4,8)",
+                     "schedule.lr=tag(log,interval(0.01,0.2))", "teacher=resnet8",
+                     f"teacher.checkpoint={teacher}", *TINY], timeout=400)
+    trials = study_of(tmp_path, "t").get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    _, parent, children = parent_and_children(tmp_path, "t")
+    assert parent.data.params["sweep.sampler"] == "TPESampler"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    rep = write_report(tmp_path / "multirun" / "t", log_to_parent=False)
+    (table,) = rep.tables
+    assert table.kind == "list" and table.extra_cols == ["alpha", "T", "lr"]
+    by_trial = {c.data.tags["optuna.trial"]: c.data.metrics["best_val_acc"] for c in children}
+    assert {lab: v[0] for lab, v in zip(table.row_labels, table.values(), strict=True)} == by_trial
+    values = [v[0] for v in table.values()]
+    assert values == sorted(values, reverse=True)
+
+
+def test_median_pruner_stops_a_poor_trial(tmp_path):
+    """Five normal trials, then one with a tiny LR: its val_acc after epoch 1 is below the median
+    of the others at epoch 1, so it is pruned there (PRUNED in Optuna, KILLED in MLflow)."""
+    sp = write_preset(tmp_path, "t_prune", """
+hydra:
+  sweeper:
+    study_name: p
+    points: [{schedule.lr: 0.1}, {schedule.lr: 0.15}, {schedule.lr: 0.2}, {schedule.lr: 0.25},
+             {schedule.lr: 0.3}, {schedule.lr: 1.0e-7}]
+""")
+    # MedianPruner's defaults (5 startup trials, no warmup) also hold where a trial process
+    # would build Optuna's default pruner instead of the study's.
+    sweep(tmp_path, [sp, "+experiment=t_prune", "hydra/sweeper/sampler=grid",
+                     "hydra/sweeper/pruner=median", "method=ce", "student=resnet8",
+                     "schedule=cosine", *TINY, "train.limit_train_batches=6"])
+    trials = study_of(tmp_path, "p").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5 + [TrialState.PRUNED]
+    assert list(trials[5].intermediate_values) == [1]
+    assert all(list(t.intermediate_values) == [1, 2] for t in trials[:5])
+    client, _, children = parent_and_children(tmp_path, "p")
+    (pruned,) = [c for c in children if c.data.tags["optuna.trial"] == "5"]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["pruned_at_epoch"] == "1"
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val_acc")] == [1]
+    rep = write_report(tmp_path / "multirun" / "p", log_to_parent=False)
+    assert rep.tables[0].cells[5][0].text() == "pruned (epoch 1)"
+
+
+def test_killed_sweep_is_resumed(tmp_path, teacher):
+    """SIGKILL a sweep during its second trial; the same command fails that trial (its process is
+    gone), reruns its point and the missing ones, and reuses the parent run."""
+    args = ["hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=k",
+            "method.alpha=choice(0.2,0.8)", "method.T=choice(2,4)", "teacher=resnet8",
+            f"teacher.checkpoint={teacher}", *TINY, "schedule.epochs=3"]
+    proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = tmp_path / "multirun" / "k" / "optuna.db"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            time.sleep(0.3)
+            if proc.poll() is not None:
+                pytest.fail("the sweep ended before it could be killed")
+            try:
+                trials = study_of(tmp_path, "k").get_trials()
+            except Exception:
+                continue
+            if [t.state for t in trials] == [TrialState.COMPLETE, TrialState.RUNNING]:
+                break
+        else:
+            pytest.fail("the sweep never reached its second trial")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert db.exists()
+
+    sweep(tmp_path, args)
+    trials = study_of(tmp_path, "k").get_trials()
+    assert trials[1].state == TrialState.FAIL
+    assert trials[1].user_attrs["error"] == "its sweeper process died"
+    done = sorted((t.params["method.alpha"], t.params["method.T"]) for t in trials
+                  if t.state == TrialState.COMPLETE)
+    assert done == [(0.2, 2), (0.2, 4), (0.8, 2), (0.8, 4)]
+    assert len(trials) == 5
+    _, parent, children = parent_and_children(tmp_path, "k")
+    assert parent.info.status == "FINISHED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    finished = {(c.data.params["method.alpha"], c.data.params["method.T"])
+                for c in children if c.info.status == "FINISHED"}
+    assert finished == {("0.2", "2"), ("0.2", "4"), ("0.8", "2"), ("0.8", "4")}
+
+
+def test_presets_compose_and_smoke_overlay(compose):
+    expected = {
+        "alpha_t_grid_wrn": ("cifar100", "wrn_28_4", "wrn_16_2", "kd", 16),
+        "alpha_t_grid_shufflenet": ("mini_imagenet", "shufflenet_v2_x2_0", "shufflenet_v2_x1_0",
+                                    "kd", 7),
+        "alpha_t_grid_shufflenet_full": ("mini_imagenet", "shufflenet_v2_x2_0",
+                                         "shufflenet_v2_x1_0", "kd", 16),
+        "lr_tricks_shufflenet": ("mini_imagenet", None, "shufflenet_v2_x1_0", "ce", 4),
+        "tpe_kd": ("cifar100", "wrn_28_4", "wrn_16_2", "kd", None),
+    }
+    for name, (ds, teacher, student, method, n_points) in expected.items():
+        for smoke in (False, True):
+            cfg = compose([f"+experiment=[{name},smoke]" if smoke else f"+experiment={name}"],
+                          return_hydra_config=True)
+            assert cfg.dataset.name == ("embedded" if smoke else ds), name
+            assert cfg.student.name == student and cfg.method.name == method
+            if teacher:
+                assert cfg.teacher.name == teacher
+            sw = cfg.hydra.sweeper
+            assert sw._target_.endswith("KDSweepOptunaSweeper")
+            assert sw.study_name == f"{name}-{cfg.dataset.name}"
+            assert cfg.hydra.sweep.dir == f"multirun/{name}-{cfg.dataset.name}"
+            if smoke:
+                assert cfg.schedule.epochs == 4 and cfg.train.limit_train_batches == 4
+            if n_points is None:
+                assert sw.sampler._target_.endswith("TPESampler")
+                assert sw.pruner._target_.endswith("MedianPruner")
+                assert set(sw.params) == {"method.alpha", "method.T", "schedule.lr", "schedule"}
+                continue
+            assert sw.sampler._target_.endswith("GridSampler")
+            space = _space.build(sw.params, [], grid=True, points=sw.points)
+            assert len(space.points) == n_points, name
+    sparse = _space.build(None, [], grid=True, points=compose(
+        ["+experiment=alpha_t_grid_shufflenet"], return_hydra_config=True).hydra.sweeper.points)
+    assert [tuple(p.values.values()) for p in sparse.points] == [
+        (0.9, 1), (0.9, 3), (0.9, 5), (0.9, 10), (0.7, 3), (0.6, 3), (0.5, 3)]
+    tricks = compose(["+experiment=lr_tricks_shufflenet"], return_hydra_config=True)
+    assert [p["_label_"] for p in tricks.hydra.sweeper.points] == [
+        "steplr", "cosinlr", "cosinlr + warmup 1 epoch", "cosinlr + warmup 3 epoch"]
+    assert compose(["+experiment=lr_tricks_shufflenet", "schedule=warmup_cosine",
+                    "schedule.warmup_epochs=3"]).schedule.epochs == 100
