@@ -64,6 +64,9 @@ def validate(cfg: Mapping[str, Any]) -> None:
     threads = cfg.get("cpu_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"cpu_threads={threads!r} must be null or an integer >= 1")
+    every = cfg["train"].get("checkpoint_every", 1)
+    if not isinstance(every, int) or every < 0:
+        raise ConfigError(f"train.checkpoint_every={every!r} must be an integer >= 0 (0 = never)")
     for key in ("limit_train_batches", "limit_val_batches"):
         v = cfg["train"].get(key)
         if v is not None and (not isinstance(v, int) or v < 1):

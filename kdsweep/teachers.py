@@ -63,6 +63,18 @@ def _from_run(run_id: str, arch: str, num_classes: int) -> Teacher:
     return Teacher(model, arch, "mlflow", uri, run_id)
 
 
+def load_recorded(tags: dict[str, str], arch: str, num_classes: int) -> Teacher:
+    """The teacher a (resumed) run recorded in its MLflow tags, so a resume uses the same one."""
+    source, path, run_id = tags.get("teacher_source"), tags.get("teacher_path", ""), tags.get("teacher_run_id")
+    if source == "checkpoint":
+        return Teacher(_load(arch, num_classes, path, path), arch, "checkpoint", path)
+    if source in ("mlflow", "trained") and run_id:
+        teacher = _from_run(run_id, arch, num_classes)
+        teacher.source = source
+        return teacher
+    raise CheckpointError(f"the run to resume recorded no usable teacher (teacher_source={source!r})")
+
+
 def resolve_teacher(*, arch: str, checkpoint: str | None, dataset: str, num_classes: int,
                     experiment_id: str, lock_dir: Path, train: Callable[[], str]) -> Teacher:
     """Return the teacher model (on the CPU, weights loaded); ``train()`` trains one and returns

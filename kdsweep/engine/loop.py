@@ -53,6 +53,16 @@ class FitResult:
     final_train_acc: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                "final_val_acc": self.final_val_acc, "final_train_acc": self.final_train_acc,
+                "history": [dict(h) for h in self.history]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FitResult:
+        return cls(d["best_val_acc"], d["best_epoch"], d["final_val_acc"], d["final_train_acc"],
+                   [dict(h) for h in d["history"]])
+
     @property
     def train_val_gap(self) -> float:
         """Final train accuracy minus final validation accuracy (seed 003's generalisation gap)."""
@@ -119,6 +129,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, schedule, self.steps_per_epoch)
         self.scaler = precision.grad_scaler()
         self.global_step = 0
+        self.result = FitResult()
 
     def _build_method(self) -> None:
         """Let the method create its shape-dependent parts from one dry-run batch."""
@@ -204,10 +215,28 @@ class Trainer:
         # None lets tqdm decide: a bar on a terminal, quiet when stderr is not a TTY.
         return None if self.progress is None else not self.progress
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly where it stopped (for ``last.pt``)."""
+        return {"model": self.student.state_dict(), "method": self.method.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "global_step": self.global_step,
+                "result": self.result.to_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.student.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.global_step = int(state["global_step"])
+        self.result = FitResult.from_dict(state["result"])
+
     def fit(self, on_epoch_end: Callable[[int, dict[str, float], bool], None] | None = None,
             start_epoch: int = 0) -> FitResult:
-        """Train for the schedule's epochs; ``on_epoch_end(epoch, metrics, is_best)`` after each."""
-        result = FitResult()
+        """Train epochs ``start_epoch..epochs-1``; ``on_epoch_end(epoch, metrics, is_best)`` after
+        each, when ``self.result`` already includes that epoch. Resuming: load_state_dict first."""
+        result = self.result
         for epoch in range(start_epoch, self.epochs):
             stats = self.train_epoch(epoch)
             stats["val_loss"], stats["val_acc"] = evaluate(self.student_fwd, self.data.val, self.precision,

@@ -1,0 +1,109 @@
+"""Fault injection: a run killed with SIGKILL and re-run resumes to exactly the same result."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsweep.engine import load_checkpoint, save_checkpoint
+from kdsweep.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["method=kd", "teacher=resnet8", "student=resnet8", "schedule.epochs=6",
+        "train.limit_train_batches=3", "train.limit_val_batches=1", "schedule.eval_batch_size=100",
+        "train.progress=false", "cpu_threads=1", "seed=3"]
+
+
+def launch(cwd: Path, extra: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *ARGS, *extra], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finished(p: subprocess.Popen) -> str:
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    return out
+
+
+def only_run(cwd: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("kdsweep")
+    runs = client.search_runs([exp.experiment_id], "tags.method = 'kd'")
+    assert len(runs) == 1, [r.info.status for r in runs]
+    return client, runs[0]
+
+
+def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
+                              "model": create_model("resnet8", num_classes=10).state_dict()})
+    extra = [f"teacher.checkpoint={teacher}"]
+    a, b = tmp_path / "uninterrupted", tmp_path / "killed"
+    a.mkdir()
+    b.mkdir()
+
+    finished(launch(a, extra))
+
+    p = launch(b, extra)
+    deadline = time.time() + 300
+    while not list(b.glob("outputs/*/*/checkpoints/last.pt")):
+        assert p.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL
+    client, killed = only_run(b)
+    assert killed.info.status == "RUNNING"  # what a kill -9 leaves behind
+    epoch_at_kill = load_checkpoint(killed.data.tags["kdsweep.resume_path"])["epoch"]
+    assert 1 <= epoch_at_kill < 6
+
+    out = finished(launch(b, extra))
+    assert f"resuming MLflow run {killed.info.run_id}" in out
+
+    client_b, run_b = only_run(b)
+    assert run_b.info.run_id == killed.info.run_id and run_b.info.status == "FINISHED"
+    steps = [m.step for m in client_b.get_metric_history(run_b.info.run_id, "val_acc")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # nothing duplicated, nothing missing
+    client_a, run_a = only_run(a)
+    for key in ("best_val_acc", "final_val_acc", "final_train_acc", "best_epoch"):
+        assert run_b.data.metrics[key] == run_a.data.metrics[key], key
+    train_loss_a = [m.value for m in sorted(client_a.get_metric_history(run_a.info.run_id, "train_loss"),
+                                            key=lambda m: m.step)]
+    train_loss_b = [m.value for m in sorted(client_b.get_metric_history(run_b.info.run_id, "train_loss"),
+                                            key=lambda m: m.step)]
+    assert train_loss_a == train_loss_b
+    wa = load_checkpoint(run_a.data.tags["kdsweep.resume_path"])["trainer"]["model"]
+    wb = load_checkpoint(run_b.data.tags["kdsweep.resume_path"])["trainer"]["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_false_starts_a_new_run(tmp_path):
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
+                              "model": create_model("resnet8", num_classes=10).state_dict()})
+    args = [f"teacher.checkpoint={teacher}"]
+    p = launch(tmp_path, args)
+    while not list(tmp_path.glob("outputs/*/*/checkpoints/last.pt")):
+        assert p.poll() is None
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    out = finished(launch(tmp_path, [*args, "resume=false"]))
+    assert "resuming" not in out
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = MlflowClient().get_experiment_by_name("kdsweep")
+    statuses = sorted(r.info.status for r in MlflowClient().search_runs([exp.experiment_id]))
+    assert statuses == ["FINISHED", "RUNNING"]
