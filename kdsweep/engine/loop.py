@@ -145,6 +145,8 @@ class Trainer:
         self.method.build(s, t, BuildContext(
             num_train=self.data.num_train, num_classes=self.data.num_classes, epochs=self.epochs,
             steps_per_epoch=self.steps_per_epoch, train_labels=getattr(self.data, "train_labels", None),
+            batch_size=int(self.schedule["batch_size"]),
+            teacher_tap=self.teacher_fwd.tap if self.teacher_fwd is not None else None,
         ))
         self.method.to(device)
 

@@ -46,6 +46,8 @@ class BuildContext:
     epochs: int
     steps_per_epoch: int
     train_labels: Tensor | None = None  # int64 on the CPU, position i = training index i
+    batch_size: int | None = None  # training batch size (SemCKD's attention width)
+    teacher_tap: Any = None  # the teacher's FeatureTap (OFD reads its BN-before-ReLU statistics)
 
 
 class Method(nn.Module):
