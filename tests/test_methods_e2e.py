@@ -1,0 +1,35 @@
+"""Every method of conf/method/ runs a short real distillation on the embedded set and logs its terms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from kdsweep.engine import save_checkpoint
+from kdsweep.models import create_model
+from kdsweep.runner import run
+
+METHODS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "resnet14.pt"
+    save_checkpoint(path, {"arch": "resnet14", "num_classes": 10,
+                           "model": create_model("resnet14", num_classes=10).state_dict()})
+    return path
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_short_run_logs_its_loss_terms(method, compose, mlflow_uri, tmp_path, teacher_ckpt):
+    cfg = compose([f"method={method}", "teacher=resnet14", f"teacher.checkpoint={teacher_ckpt}",
+                   "student=resnet8", "schedule.epochs=1", "train.limit_train_batches=2",
+                   "train.limit_val_batches=1", "schedule.eval_batch_size=100", "train.progress=false"])
+    res = run(cfg, output_dir=tmp_path / "out")
+    r = MlflowClient().get_run(res.run_id)
+    assert r.info.status == "FINISHED" and r.data.tags["method"] == cfg.method.name
+    terms = [k for k in r.data.metrics if k.startswith("loss_")]
+    assert terms, f"{method} logged no loss terms"
+    assert "method_extra_params" in r.data.metrics
