@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,10 +54,22 @@ def short(key: str) -> str:
 def parse_overrides(text: str) -> dict[str, str]:
     """``"a=1 +b='x y'"`` -> ``{"a": "1", "b": "'x y'"}`` (keys without +/++/~ prefixes)."""
     out: dict[str, str] = {}
-    try:
-        tokens = shlex.split(text, posix=False)
-    except ValueError:
-        tokens = text.split()
+    tokens, cur, quote, esc = [], "", None, False
+    for ch in text:  # split on spaces outside quotes, as the overrides were joined
+        if esc:
+            cur, esc = cur + ch, False
+        elif ch == "\\" and quote:
+            cur, esc = cur + ch, True
+        elif quote:
+            cur += ch
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            cur, quote = cur + ch, ch
+        elif ch.isspace():
+            tokens, cur = (tokens + [cur] if cur else tokens), ""
+        else:
+            cur += ch
+    tokens += [cur] if cur else []
     for tok in tokens:
         key, sep, value = tok.partition("=")
         if sep:

@@ -106,7 +106,10 @@ def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val_
                 if not hist:
                     continue
                 if t.kind == "pivot":
-                    label = f"{t.row_labels[i]} / {t.col_labels[j]}"
+                    from kdsweep.report import short
+
+                    label = (f"{short(t.row_key or '')}={t.row_labels[i]}, "
+                             f"{short(t.col_key or '')}={t.col_labels[j]}")
                 else:
                     label = t.row_labels[i]
                 series.append((label, [m.step for m in hist], [m.value for m in hist], cell,
@@ -117,6 +120,9 @@ def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val_
     for label, xs, ys, cell, pruned in series:
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=2.5 if cell.best else 1.0,
                 linestyle="--" if pruned else "-", label=label + (" (pruned)" if pruned else ""))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(alpha=0.3)

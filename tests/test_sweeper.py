@@ -155,6 +155,7 @@ def test_two_sweepers_share_a_grid_without_repeating_a_point(tmp_path, teacher):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     launched = [(o[0] + o[1]).count("Launching 1 jobs locally") for o in outs]
     assert sum(launched) == 6, launched
+    print("trials per sweeper:", launched)
 
     client, parent, children = parent_and_children(tmp_path, "g")
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.sampler"] == "GridSampler"
@@ -343,7 +344,7 @@ def test_presets_compose_and_smoke_overlay(compose):
             assert sw.study_name == f"{name}-{cfg.dataset.name}"
             assert cfg.hydra.sweep.dir == f"multirun/{name}-{cfg.dataset.name}"
             if smoke:
-                assert cfg.schedule.epochs == 4 and cfg.train.limit_train_batches == 4
+                assert cfg.schedule.epochs == 4 and cfg.train.limit_train_batches == 3
             if n_points is None:
                 assert sw.sampler._target_.endswith("TPESampler")
                 assert sw.pruner._target_.endswith("MedianPruner")

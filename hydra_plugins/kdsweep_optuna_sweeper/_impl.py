@@ -474,7 +474,9 @@ class KDSweepOptunaSweeperImpl:
         complete = {json.dumps(t.params, sort_keys=True, default=str): t
                     for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
         for _ in range(k):
-            trial = self.study.ask()
+            with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": we beat
+                warnings.simplefilter("ignore", UserWarning)
+                trial = self.study.ask()
             params = {n: self._suggest(trial, n, d) for n, d in self.space.distributions.items()}
             t = _Trial(trial._trial_id, trial.number,
                        [format_override(n, v) for n, v in params.items()], params)
@@ -544,7 +546,7 @@ class KDSweepOptunaSweeperImpl:
 
     # ---------------------------------------------------------------------------- results
     def _parent_params(self) -> dict[str, str]:
-        p = {"sweep.study_name": self.study_name or "(default)",
+        p = {"sweep.study_name": self.study.study_name,
              "sweep.sampler": _short(self.sampler_spec.get("_target_", "")),
              "sweep.pruner": _short(self.pruner_spec.get("_target_", "")),
              "sweep.direction": self.direction,
