@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -242,6 +243,14 @@ class KDSweepOptunaSweeperImpl:
 
     # ----------------------------------------------------------------------------- sweep
     def sweep(self, arguments: list[str]) -> Any:
+        """Run the missing trials of the study; a bad sweep config is one line and exit status 2."""
+        try:
+            return self._sweep(arguments)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> Any:
         assert self.config is not None and self.launcher is not None
         try:
             space = _space.build(self.params, arguments, grid=self.is_grid, points=self.points)
@@ -365,8 +374,10 @@ class KDSweepOptunaSweeperImpl:
             with contextlib.suppress(Exception):
                 self.rdb.set_trial_user_attr(t._trial_id, "error", "its sweeper process died")
                 self.rdb.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        # Trials that failed in a live sweeper carry its reason; these have none or ours.
         now_failed = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                      if t._trial_id in before]
+                      if t._trial_id in before
+                      and t.user_attrs.get("error") in (None, "its sweeper process died")]
         for t in now_failed:
             log.warning("trial %d was left RUNNING by a sweeper that died: marked FAILED, its "
                         "point will run again", t.number)
@@ -393,7 +404,8 @@ class KDSweepOptunaSweeperImpl:
                 break
             batch = self._claim_points(k) if self.space.points is not None else self._ask(k)
             if not batch:
-                log.info("kdsweep: every remaining point is taken by another sweeper")
+                log.info("kdsweep: no point left to run now (done, running in another sweeper, "
+                         "or failed in this call: the next call retries those)")
                 break
             overrides = [self._job_overrides(t) for t in batch]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
