@@ -95,6 +95,14 @@ def _owner_alive(owner: Mapping[str, Any]) -> bool | None:
     return start is None or _proc_start(pid) in (None, start)
 
 
+def _job_url(url: str) -> str:
+    """The storage URL handed to trials: SQLite waits up to 2 min on a lock (parallel trials
+    report every epoch) instead of the driver's 5 s default."""
+    if url.startswith("sqlite:///") and "timeout=" not in url:
+        return url + ("&" if "?" in url else "?") + "timeout=120"
+    return url
+
+
 def _sqlite_kwargs(url: str) -> dict[str, Any]:
     return {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
 
@@ -512,7 +520,7 @@ class KDSweepOptunaSweeperImpl:
               f"{pre}trial_number={t.number}"]
         if _short(self.pruner_spec.get("_target_", "NopPruner")) != "NopPruner":
             # The trial reports val_acc per epoch to the study and asks the pruner.
-            ov += [f"{pre}storage={format_value(self.url)}", f"{pre}trial_id={t.trial_id}"]
+            ov += [f"{pre}storage={format_value(_job_url(self.url))}", f"{pre}trial_id={t.trial_id}"]
         ov.append(f"hydra.sweep.subdir={t.number}")
         return ov
 
