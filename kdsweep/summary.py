@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdsweep.tracking import ui_command
+from kdsweep.tracking import mask_secrets, ui_command
 
 
 def fmt_count(n: float) -> str:
@@ -15,6 +15,7 @@ def fmt_count(n: float) -> str:
 def summary(*, method: str, data: Any, device: str, student: str, teacher: Any, teacher_acc: float | None,
             stats: dict[str, float], final: dict[str, float], run_id: str, experiment: str,
             experiment_id: str, uri: str, ckpt_dir: Path, resumed_from: int | None) -> str:
+    uri = mask_secrets(uri)
     lines = [f"kdsweep: {method} run finished on {data.name} ({data.num_train} train / {data.num_val} "
              f"val images, {data.num_classes} classes) on {device}"
              + (f", resumed after epoch {resumed_from}" if resumed_from else "")]

@@ -35,6 +35,10 @@ class TrialReporter:
 
         self._optuna = optuna
         study = optuna.load_study(study_name=study_name, storage=storage)
+        # Prune with the sweep's pruner, stored with the study, not Optuna's default MedianPruner.
+        from hydra_plugins.kdsweep_optuna_sweeper.pruning import pruner_for_study
+
+        study.pruner = pruner_for_study(study)
         self.trial = optuna.trial.Trial(study, int(trial_id))
 
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +25,11 @@ def setup(uri: str, experiment: str) -> str:
     return mlflow.set_experiment(experiment).experiment_id
 
 
+def mask_secrets(value: str) -> str:
+    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
+    return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", value)
+
+
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config -> ``{"method.alpha": "0.9", ...}`` (lists kept whole, as MLflow params)."""
     out: dict[str, str] = {}
@@ -32,7 +38,7 @@ def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping):
             out.update(flatten(value, f"{name}."))
         else:
-            out[name] = str(value)
+            out[name] = mask_secrets(str(value))
     return out
 
 
