@@ -521,6 +521,11 @@ class KDSweepOptunaSweeperImpl:
         if _short(self.pruner_spec.get("_target_", "NopPruner")) != "NopPruner":
             # The trial reports val_acc per epoch to the study and asks the pruner.
             ov += [f"{pre}storage={format_value(_job_url(self.url))}", f"{pre}trial_id={t.trial_id}"]
+        if (self.n_jobs > 1 and self.config.get("cpu_threads", "absent") is None
+                and not any(o.split("=", 1)[0].lstrip("+") == "cpu_threads" for o in ov)):
+            # Parallel trials share the cores: oversubscribed OpenMP threads were measured 12x
+            # slower in total here (docs/benchmarks.md).
+            ov.append(f"cpu_threads={max(1, (os.cpu_count() or 1) // self.n_jobs)}")
         ov.append(f"hydra.sweep.subdir={t.number}")
         return ov
 
