@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kdsweep.report import Table
+    from kdsweep.report_tables import Table
 
 
 def _plt() -> Any:
@@ -106,7 +106,7 @@ def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val_
                 if not hist:
                     continue
                 if t.kind == "pivot":
-                    from kdsweep.report import short
+                    from kdsweep.report_tables import short
 
                     label = (f"{short(t.row_key or '')}={t.row_labels[i]}, "
                              f"{short(t.col_key or '')}={t.col_labels[j]}")

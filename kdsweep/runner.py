@@ -137,31 +137,31 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
                 else f"{method.name} {cfg.student.name}")
     every = int(cfg.train.get("checkpoint_every", 1) or 0)
 
-    with mlflow.start_run(run_id=previous[0].info.run_id if previous else None,
+    with tracking.retry(mlflow.start_run, run_id=previous[0].info.run_id if previous else None,
                           run_name=None if previous else run_name, tags=tags) as active:
         run_id = active.info.run_id
         teacher_acc = None
         if previous is None:
             tracking.log_params(tracking.flatten(composed))
-            mlflow.set_tags({f"env.{k}": v for k, v in tracking.package_versions().items()})
-            mlflow.log_params({"overrides": " ".join(overrides or []) or "(none)"})
+            tracking.set_tags({f"env.{k}": v for k, v in tracking.package_versions().items()})
+            tracking.log_params({"overrides": " ".join(overrides or []) or "(none)"})
             mlflow.log_dict(composed, "config.yaml")
-            mlflow.log_metrics({k: float(v) for k, v in stats.items()})
+            tracking.log_metrics(stats)
             if (output_dir / ".hydra").is_dir():
                 mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
             if teacher is not None:
-                mlflow.set_tags({"teacher_source": teacher.source, "teacher_path": teacher.path,
+                tracking.set_tags({"teacher_source": teacher.source, "teacher_path": teacher.path,
                                  "teacher_run_id": teacher.run_id or ""})
                 _, teacher_acc = evaluate(trainer.teacher_fwd, data.val, precision,
                                           cfg.train.limit_val_batches)
-                mlflow.log_metric("teacher_val_acc", teacher_acc)
+                tracking.log_metrics({"teacher_val_acc": teacher_acc})
         else:
             teacher_acc = previous[0].data.metrics.get("teacher_val_acc")
             # Epochs saved in last.pt whose metrics never reached MLflow (killed in between).
             logged = resume.logged_epochs(run_id)
             for h in trainer.result.history:
                 if h["epoch"] + 1 not in logged:
-                    mlflow.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
+                    tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
 
         def on_epoch_end(epoch: int, metrics: dict[str, float], is_best: bool) -> None:
             if is_best:
@@ -176,7 +176,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
                     "arch": cfg.student.name, "num_classes": data.num_classes, "epoch": epoch + 1,
                     "trainer": trainer.state_dict(), "rng": resume.capture_rng(), "config": composed,
                 })
-            mlflow.log_metrics(metrics, step=epoch + 1)
+            tracking.log_metrics(metrics, step=epoch + 1)
             if reporter is not None:
                 try:
                     reporter.report(metrics["val_acc"], epoch + 1)
@@ -194,8 +194,8 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
             "final_val_acc": result.final_val_acc, "final_train_acc": result.final_train_acc,
             "train_val_gap": result.train_val_gap, "wall_time_s": time.perf_counter() - started,
         }
-        mlflow.log_metrics(final)
-        mlflow.log_artifact(str(ckpt_dir / "best.pt"), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+        tracking.log_metrics(final)
+        tracking.retry(mlflow.log_artifact, str(ckpt_dir / "best.pt"), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
 
     print(summary(method=method.name, data=data, device=describe_device(device),
                   student=cfg.student.name, teacher=teacher, teacher_acc=teacher_acc, stats=stats,

@@ -7,22 +7,54 @@ Default store: ``sqlite:///mlflow.db`` in the launch directory; ``MLFLOW_TRACKIN
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import platform
+import random
 import re
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 PACKAGES = ("kdsweep", "torch", "torchvision", "hydra-core", "omegaconf", "mlflow", "optuna", "numpy")
+
+
+def retry(fn: Callable[..., T], *args: Any, attempts: int = 8, **kwargs: Any) -> T:
+    """Call ``fn``, retrying with backoff while SQLite says "database is locked".
+
+    MLflow already waits 20 s on a locked SQLite file; several parallel runs logging every epoch
+    can still exceed that on a slow disk, and losing a run's metrics for it would be worse.
+    """
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if "database is locked" not in str(e) or i == attempts - 1:
+                raise
+            delay = min(30.0, 0.5 * 2**i) * (0.5 + random.random())
+            log.warning("MLflow store is locked; retrying in %.1f s (%d/%d)", delay, i + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def setup(uri: str, experiment: str) -> str:
     """Point MLflow at ``uri`` and select (or create) ``experiment``; returns its id."""
     mlflow.set_tracking_uri(uri)
-    return mlflow.set_experiment(experiment).experiment_id
+    return retry(mlflow.set_experiment, experiment).experiment_id
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    retry(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, Any]) -> None:
+    retry(mlflow.set_tags, dict(tags))
 
 
 def mask_secrets(value: str) -> str:
@@ -60,7 +92,7 @@ def log_params(params: Mapping[str, Any]) -> None:
     """Log params in batches (MLflow takes at most 100 per request)."""
     items = list(params.items())
     for i in range(0, len(items), 100):
-        mlflow.log_params(dict(items[i:i + 100]))
+        retry(mlflow.log_params, dict(items[i:i + 100]))
 
 
 def find_best_run(experiment_id: str, filters: Mapping[str, str], metric: str) -> Run | None:

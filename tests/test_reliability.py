@@ -1,0 +1,97 @@
+"""Bad input is refused up front with one clear line and nothing written; parallel runs lose nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsweep import tracking
+from kdsweep.engine import save_checkpoint
+from kdsweep.errors import KDSweepError
+from kdsweep.models import create_model
+from kdsweep.runner import run
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["schedule.epochs=2", "train.limit_train_batches=2", "train.limit_val_batches=1",
+        "schedule.eval_batch_size=100", "train.progress=false"]
+
+BAD = [
+    (["method.alpha=1.5"], r"method\.alpha=1\.5 is out of range; allowed: \[0, 1\]"),
+    (["method.T=0"], r"method\.T=0 is out of range; allowed: \(0, inf\]"),
+    (["method=at", "method.feat_weight=-1"], r"method\.feat_weight=-1 is out of range"),
+    (["schedule.lr=0"], r"schedule\.lr=0.* must be > 0"),
+    (["schedule.epochs=0"], r"schedule\.epochs=0 must be an integer >= 1"),
+    (["schedule.warmup_epochs=9"], r"schedule\.warmup_epochs=9 must be shorter than schedule\.epochs=2"),
+    (["schedule.batch_size=6000"], r"schedule\.batch_size=6000 is larger than the 5000 training images"),
+    (["schedule.optimizer=lbfgs"], r"schedule\.optimizer='lbfgs' is not supported; valid: sgd, adamw"),
+    (["precision=fp8"], r"precision='fp8' is not supported; valid: auto, fp32, bf16, fp16"),
+    (["cpu_threads=0"], r"cpu_threads=0 must be null or an integer >= 1"),
+    (["dataset=imagefolder", "dataset.root=/nonexistent/tree"], r"/nonexistent/tree"),
+    (["teacher.checkpoint=/nonexistent/teacher.pt"], r"checkpoint '/nonexistent/teacher\.pt' does not exist"),
+    (["+method.gamma=2"], r"method 'kd' has no option method\.gamma; valid: method\.T, method\.alpha"),
+]
+if not torch.cuda.is_available():
+    BAD.append((["device=cuda"], r"device='cuda' but CUDA is not available here"))
+
+
+def no_runs() -> bool:
+    exp = MlflowClient().get_experiment_by_name("kdsweep")
+    return exp is None or not MlflowClient().search_runs([exp.experiment_id], run_view_type=3)
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(overrides, message, compose, mlflow_uri, tmp_path):
+    with pytest.raises(KDSweepError, match=message) as e:
+        run(compose([*TINY, *overrides]), output_dir=tmp_path / "out")  # the case wins
+    assert "\n" not in str(e.value)
+    assert no_runs()
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_retry_waits_out_a_locked_database(monkeypatch):
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking.retry(flaky) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        tracking.retry(lambda: (_ for _ in ()).throw(ValueError("other")))
+
+
+def test_four_parallel_runs_on_one_sqlite_store_lose_nothing(tmp_path, mlflow_uri):
+    ckpt = tmp_path / "t.pt"
+    save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
+                           "model": create_model("resnet8", num_classes=10).state_dict()})
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("kdsweep")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    epochs = 4
+    procs = [subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "teacher=resnet8", f"teacher.checkpoint={ckpt}",
+         "student=resnet8", f"seed={i}", "cpu_threads=1",
+         *[o for o in TINY if not o.startswith("schedule.epochs")], f"schedule.epochs={epochs}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1500:] for o in outs]
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("kdsweep")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        for key in ("train_loss", "val_acc", "lr", "images_per_s"):
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (key, steps)
