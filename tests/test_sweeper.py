@@ -344,7 +344,8 @@ def test_presets_compose_and_smoke_overlay(compose):
             assert sw.study_name == f"{name}-{cfg.dataset.name}"
             assert cfg.hydra.sweep.dir == f"multirun/{name}-{cfg.dataset.name}"
             if smoke:
-                assert cfg.schedule.epochs == 4 and cfg.train.limit_train_batches == 3
+                assert cfg.schedule.epochs == 4 and cfg.train.limit_train_batches == 10
+                assert cfg.train.limit_val_batches is None  # all 1,000 test images, every class
             if n_points is None:
                 assert sw.sampler._target_.endswith("TPESampler")
                 assert sw.pruner._target_.endswith("MedianPruner")
