@@ -7,6 +7,7 @@ compose API with the real ``conf/``. A crashed run is resumed in its own MLflow 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -139,63 +140,69 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
 
     with tracking.retry(mlflow.start_run, run_id=previous[0].info.run_id if previous else None,
                           run_name=None if previous else run_name, tags=tags) as active:
-        run_id = active.info.run_id
-        teacher_acc = None
-        if previous is None:
-            tracking.log_params(tracking.flatten(composed))
-            tracking.set_tags({f"env.{k}": v for k, v in tracking.package_versions().items()})
-            tracking.log_params({"overrides": " ".join(overrides or []) or "(none)"})
-            mlflow.log_dict(composed, "config.yaml")
-            tracking.log_metrics(stats)
-            if (output_dir / ".hydra").is_dir():
-                mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
-            if teacher is not None:
-                tracking.set_tags({"teacher_source": teacher.source, "teacher_path": teacher.path,
-                                 "teacher_run_id": teacher.run_id or ""})
-                _, teacher_acc = evaluate(trainer.teacher_fwd, data.val, precision,
-                                          cfg.train.limit_val_batches)
-                tracking.log_metrics({"teacher_val_acc": teacher_acc})
-        else:
-            teacher_acc = previous[0].data.metrics.get("teacher_val_acc")
-            # Epochs saved in last.pt whose metrics never reached MLflow (killed in between).
-            logged = resume.logged_epochs(run_id)
-            for h in trainer.result.history:
-                if h["epoch"] + 1 not in logged:
-                    tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
+        try:
+            run_id = active.info.run_id
+            teacher_acc = None
+            if previous is None:
+                tracking.log_params(tracking.flatten(composed))
+                tracking.set_tags({f"env.{k}": v for k, v in tracking.package_versions().items()})
+                tracking.log_params({"overrides": " ".join(overrides or []) or "(none)"})
+                mlflow.log_dict(composed, "config.yaml")
+                tracking.log_metrics(stats)
+                if (output_dir / ".hydra").is_dir():
+                    mlflow.log_artifacts(str(output_dir / ".hydra"), "hydra")
+                if teacher is not None:
+                    tracking.set_tags({"teacher_source": teacher.source, "teacher_path": teacher.path,
+                                     "teacher_run_id": teacher.run_id or ""})
+                    _, teacher_acc = evaluate(trainer.teacher_fwd, data.val, precision,
+                                              cfg.train.limit_val_batches)
+                    tracking.log_metrics({"teacher_val_acc": teacher_acc})
+            else:
+                teacher_acc = previous[0].data.metrics.get("teacher_val_acc")
+                # Epochs saved in last.pt whose metrics never reached MLflow (killed in between).
+                logged = resume.logged_epochs(run_id)
+                for h in trainer.result.history:
+                    if h["epoch"] + 1 not in logged:
+                        tracking.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
 
-        def on_epoch_end(epoch: int, metrics: dict[str, float], is_best: bool) -> None:
-            if is_best:
-                save_checkpoint(ckpt_dir / "best.pt", {
-                    "arch": cfg.student.name, "num_classes": data.num_classes,
-                    "model": student.state_dict(), "method": method.state_dict(),
-                    "epoch": epoch + 1, "val_acc": metrics["val_acc"], "config": composed,
-                })
-            if every and ((epoch + 1) % every == 0 or epoch + 1 == trainer.epochs):
-                # Saved before the metrics are logged: a crash in between is repaired on resume.
-                save_checkpoint(ckpt_dir / "last.pt", {
-                    "arch": cfg.student.name, "num_classes": data.num_classes, "epoch": epoch + 1,
-                    "trainer": trainer.state_dict(), "rng": resume.capture_rng(), "config": composed,
-                })
-            tracking.log_metrics(metrics, step=epoch + 1)
-            if reporter is not None:
-                try:
-                    reporter.report(metrics["val_acc"], epoch + 1)
-                except Exception as e:
-                    if type(e).__name__ == "TrialPruned":
-                        mlflow.set_tag("pruned_at_epoch", str(epoch + 1))
-                        mlflow.end_run(status="KILLED")
-                    raise
+            def on_epoch_end(epoch: int, metrics: dict[str, float], is_best: bool) -> None:
+                if is_best:
+                    save_checkpoint(ckpt_dir / "best.pt", {
+                        "arch": cfg.student.name, "num_classes": data.num_classes,
+                        "model": student.state_dict(), "method": method.state_dict(),
+                        "epoch": epoch + 1, "val_acc": metrics["val_acc"], "config": composed,
+                    })
+                if every and ((epoch + 1) % every == 0 or epoch + 1 == trainer.epochs):
+                    # Saved before the metrics are logged: a crash in between is repaired on resume.
+                    save_checkpoint(ckpt_dir / "last.pt", {
+                        "arch": cfg.student.name, "num_classes": data.num_classes, "epoch": epoch + 1,
+                        "trainer": trainer.state_dict(), "rng": resume.capture_rng(), "config": composed,
+                    })
+                tracking.log_metrics(metrics, step=epoch + 1)
+                if reporter is not None:
+                    try:
+                        reporter.report(metrics["val_acc"], epoch + 1)
+                    except Exception as e:
+                        if type(e).__name__ == "TrialPruned":
+                            mlflow.set_tag("pruned_at_epoch", str(epoch + 1))
+                            mlflow.end_run(status="KILLED")
+                        raise
 
-        started = time.perf_counter()
-        result = trainer.fit(on_epoch_end, start_epoch=start_epoch)
-        trainer.close()
-        final = {
-            "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch + 1,
-            "final_val_acc": result.final_val_acc, "final_train_acc": result.final_train_acc,
-            "train_val_gap": result.train_val_gap, "wall_time_s": time.perf_counter() - started,
-        }
-        tracking.log_metrics(final)
-        tracking.retry(mlflow.log_artifact, str(ckpt_dir / "best.pt"), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+            started = time.perf_counter()
+            result = trainer.fit(on_epoch_end, start_epoch=start_epoch)
+            trainer.close()
+            final = {
+                "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch + 1,
+                "final_val_acc": result.final_val_acc, "final_train_acc": result.final_train_acc,
+                "train_val_gap": result.train_val_gap, "wall_time_s": time.perf_counter() - started,
+            }
+            tracking.log_metrics(final)
+            tracking.retry(mlflow.log_artifact, str(ckpt_dir / "best.pt"), Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+        except BaseException as err:  # record why the run failed, then let it propagate
+            if not isinstance(err, KeyboardInterrupt) and type(err).__name__ != "TrialPruned":
+                with contextlib.suppress(Exception):
+                    mlflow.set_tag("kdsweep.error", f"{type(err).__name__}: {err}"[:5000])
+            raise
 
     print(summary(method=method.name, data=data, device=describe_device(device),
                   student=cfg.student.name, teacher=teacher, teacher_acc=teacher_acc, stats=stats,

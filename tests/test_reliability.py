@@ -95,3 +95,19 @@ def test_four_parallel_runs_on_one_sqlite_store_lose_nothing(tmp_path, mlflow_ur
         for key in ("train_loss", "val_acc", "lr", "images_per_s"):
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
             assert steps == list(range(1, epochs + 1)), (key, steps)
+
+
+def test_diverging_run_stops_and_is_failed_with_its_reason(compose, mlflow_uri, tmp_path):
+    from kdsweep.errors import TrainingDiverged
+
+    ckpt = tmp_path / "t.pt"
+    save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
+                           "model": create_model("resnet8", num_classes=10).state_dict()})
+    cfg = compose([*TINY, "teacher=resnet8", f"teacher.checkpoint={ckpt}", "schedule.lr=1e8",
+                   "schedule.warmup_epochs=0", "train.limit_train_batches=10"])
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf)"):
+        run(cfg, output_dir=tmp_path / "out")
+    exp = MlflowClient().get_experiment_by_name("kdsweep")
+    (r,) = MlflowClient().search_runs([exp.experiment_id])
+    assert r.info.status == "FAILED"
+    assert r.data.tags["kdsweep.error"].startswith("TrainingDiverged: loss became")
