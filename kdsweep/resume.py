@@ -13,7 +13,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import random
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 RUN_KEY_TAG = "kdsweep.run_key"
 RESUME_PATH_TAG = "kdsweep.resume_path"
+OWNER_TAG = "kdsweep.owner"  # host:pid of the process that last ran it
 # Config keys that do not change what a run computes.
 IGNORED = (("sweep",), ("train", "progress"), ("cpu_threads",), ("device",), ("tracking",),
            ("resume",))
@@ -42,8 +45,30 @@ def run_key(composed: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_here(owner_tag: str | None) -> bool:
+    """Whether the run's process is still alive on this host (an identical run running now, e.g.
+    the same point proposed twice in a sweep, must not be taken over)."""
+    if not owner_tag or ":" not in owner_tag:
+        return False
+    host, _, pid = owner_tag.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def find_resumable(experiment_id: str, key: str) -> tuple[Run, Path] | None:
-    """The newest unfinished, unpruned run with ``key`` whose checkpoint file exists."""
+    """The newest unfinished, unpruned run with ``key`` whose checkpoint file exists and whose
+    process is not alive on this host."""
     runs = MlflowClient().search_runs(
         [experiment_id],
         f"tags.`{RUN_KEY_TAG}` = '{key}' and attributes.status != 'FINISHED'",
@@ -51,7 +76,7 @@ def find_resumable(experiment_id: str, key: str) -> tuple[Run, Path] | None:
     )
     for r in runs:
         path = r.data.tags.get(RESUME_PATH_TAG)
-        if "pruned_at_epoch" in r.data.tags or not path:
+        if "pruned_at_epoch" in r.data.tags or not path or _alive_here(r.data.tags.get(OWNER_TAG)):
             continue
         if Path(path).is_file():
             return r, Path(path)

@@ -131,6 +131,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
         "student": cfg.student.name, "teacher": teacher.arch if teacher else "none",
         "device": describe_device(device), "precision": precision.name,
         resume.RUN_KEY_TAG: key, resume.RESUME_PATH_TAG: str((ckpt_dir / "last.pt").resolve()),
+        resume.OWNER_TAG: resume.owner(),
         **sweeping.parent_tags(cfg.get("sweep")),
     }
     reporter = sweeping.TrialReporter.from_cfg(cfg.get("sweep"))

@@ -107,3 +107,17 @@ def test_resume_false_starts_a_new_run(tmp_path):
     exp = MlflowClient().get_experiment_by_name("kdsweep")
     statuses = sorted(r.info.status for r in MlflowClient().search_runs([exp.experiment_id]))
     assert statuses == ["FINISHED", "RUNNING"]
+
+
+def test_a_run_whose_process_is_alive_is_not_taken_over():
+    from kdsweep import resume
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert resume._alive_here(f"{resume.socket.gethostname()}:{alive.pid}")
+    finally:
+        alive.kill()
+        alive.wait()
+    assert not resume._alive_here(f"{resume.socket.gethostname()}:{alive.pid}")
+    assert not resume._alive_here(f"other-host:{os.getpid()}")
+    assert not resume._alive_here(resume.owner())  # our own pid: a leftover of this very process
