@@ -38,8 +38,11 @@ def mlflow_uri(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    yield uri
     import mlflow
+
+    # The env var alone loses to a URI an earlier test set with mlflow.set_tracking_uri().
+    mlflow.set_tracking_uri(uri)
+    yield uri
 
     while mlflow.active_run() is not None:
         mlflow.end_run()
