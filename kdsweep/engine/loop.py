@@ -177,9 +177,9 @@ class Trainer:
                 terms = self.method(s_out, t_out, y, info)
             loss = sum(terms.values())
             if not torch.isfinite(loss.detach()):  # checked before the step: weights stay clean
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise TrainingDiverged(
-                    f"loss became {float(loss)} at epoch {epoch + 1} step {i + 1} ({parts}); "
+                    f"loss became {float(loss.detach())} at epoch {epoch + 1} step {i + 1} ({parts}); "
                     f"lower schedule.lr or the method's weights"
                 )
             self.optimizer.zero_grad(set_to_none=True)
