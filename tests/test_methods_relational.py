@@ -295,11 +295,11 @@ def test_yaml_defaults_compose(compose):
     from kdsweep.methods import create_method as make
 
     crd = make(compose(["method=crd"]).method)
-    assert (crd.weight, crd.feat_dim, crd.nce_k, crd.nce_t, crd.nce_m, crd.mode) == (
+    assert (crd.feat_weight, crd.feat_dim, crd.nce_k, crd.nce_t, crd.nce_m, crd.mode) == (
         0.8, 128, 16384, 0.07, 0.5, "exact")
     assert (crd.ce_weight, crd.kd_weight) == (1.0, 0.0)
     sem = make(compose(["method=semckd", "schedule.batch_size=32"]).method)
-    assert (sem.weight, sem.ce_weight, sem.kd_weight, sem.T, sem.batch_size) == (400, 1, 1, 4, 32)
+    assert (sem.feat_weight, sem.ce_weight, sem.kd_weight, sem.T, sem.batch_size) == (400, 1, 1, 4, 32)
     mr = make(compose(["method=modreduce"]).method)
     assert (mr.online, mr.crd_weight, mr.semckd_weight, mr.peer_scale) == ("WAvg", 0.8, 400, [10, 1, 100])
     for online in ("PCL", "ONE", "FC", "WAvg"):

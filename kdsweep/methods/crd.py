@@ -238,7 +238,7 @@ class CRD(Method):
     ``P_n = 1/N`` (Eq. 18, both directions: student anchor vs teacher memory and vice versa)::
 
         L_crd = -E_pos[log h / (h + K/N)] - K E_neg[log (K/N) / (h + K/N)]
-        loss  = ce_weight * CE + weight * L_crd  [+ kd_weight * KD]
+        loss  = ce_weight * CE + feat_weight * L_crd  [+ kd_weight * KD]
 
     Modes: ``exact`` (RepDistiller's default: positive = the sample itself, negatives drawn
     without replacement from the other classes by the data set's labels), ``relax`` (positive
@@ -246,17 +246,17 @@ class CRD(Method):
     batch, same-class pairs masked out of the negatives; for large data sets). When the other
     classes hold fewer than ``nce_k`` samples (small data sets) ``nce_k`` is lowered to that
     number, with a warning. Defaults: ``feat_dim 128, nce_k 16384, nce_t 0.07, nce_m 0.5,
-    weight 0.8, ce 1, kd 0`` (RepDistiller ``-a 0 -b 0.8``; CRD+KD is ``kd_weight=1``).
+    feat_weight 0.8, ce 1, kd 0`` (RepDistiller ``-a 0 -b 0.8``; CRD+KD is ``kd_weight=1``).
     Logged terms: ``ce``, ``crd`` (and ``kd``).
     """
 
     needs_features = True
 
-    def __init__(self, weight: float = 0.8, feat_dim: int = 128, nce_k: int = 16384,
+    def __init__(self, feat_weight: float = 0.8, feat_dim: int = 128, nce_k: int = 16384,
                  nce_t: float = 0.07, nce_m: float = 0.5, mode: str = "exact",
                  ce_weight: float = 1.0, kd_weight: float = 0.0, T: float = 4.0):
         super().__init__()
-        self.weight = check_range("method.weight", weight, 0.0)
+        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
         self.feat_dim = check_int("method.feat_dim", feat_dim, 1)
         self.nce_k = check_int("method.nce_k", nce_k, 1)
         self.nce_t = check_range("method.nce_t", nce_t, 0.0, lo_open=True)
@@ -285,6 +285,6 @@ class CRD(Method):
         t = require(self.name, teacher_out, "teacher", pooled=True)
         terms = logit_terms(s.logits, t.logits.detach(), targets, ce_weight=self.ce_weight,
                             kd_weight=self.kd_weight, T=self.T)
-        if self.weight > 0:
-            terms["crd"] = self.weight * self.objective(s.pooled, t.pooled, info.indices, targets)
+        if self.feat_weight > 0:
+            terms["crd"] = self.feat_weight * self.objective(s.pooled, t.pooled, info.indices, targets)
         return terms

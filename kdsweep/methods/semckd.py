@@ -121,22 +121,22 @@ class SemCKD(Method):
 
         alpha_bij = softmax_j( MLP_Q^i(A_s^i[b]) . MLP_K^j(A_t^j[b]) )
         L_sem     = 1/(B S) sum_{b,i,j} alpha_bij * mean((R_ij(F_s^i)_b - F_t^j_b)^2)
-        loss      = ce_weight * CE + kd_weight * KD(T) + weight * L_sem
+        loss      = ce_weight * CE + kd_weight * KD(T) + feat_weight * L_sem
 
     The attention MLPs read rows of ``B x B`` matrices, so their width is the training batch size
     (``batch_size``, interpolated from ``schedule.batch_size`` by the YAML; when null, the build
     context's ``batch_size`` if the engine gives one). The reference drops the last incomplete
     batch; here a smaller batch's rows are zero-padded to that width. Defaults:
-    ``weight 400, ce 1, kd 1, T 4`` (SemCKD README ``-r 1 -a 1 -b 400``). Logged terms: ``ce``,
+    ``feat_weight 400, ce 1, kd 1, T 4`` (SemCKD README ``-r 1 -a 1 -b 400``). Logged terms: ``ce``,
     ``kd``, ``semckd``.
     """
 
     needs_features = True
 
-    def __init__(self, weight: float = 400.0, batch_size: int | None = None, ce_weight: float = 1.0,
+    def __init__(self, feat_weight: float = 400.0, batch_size: int | None = None, ce_weight: float = 1.0,
                  kd_weight: float = 1.0, T: float = 4.0):
         super().__init__()
-        self.weight = check_range("method.weight", weight, 0.0)
+        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
         self.batch_size = None if batch_size is None else check_int("method.batch_size", batch_size, 1)
         self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
         self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
@@ -160,6 +160,6 @@ class SemCKD(Method):
         t = require(self.name, teacher_out, "teacher", feats=True)
         terms = logit_terms(s.logits, t.logits.detach(), targets, ce_weight=self.ce_weight,
                             kd_weight=self.kd_weight, T=self.T)
-        if self.weight > 0:
-            terms["semckd"] = self.weight * self.objective(s.feats[1:], t.feats[1:])
+        if self.feat_weight > 0:
+            terms["semckd"] = self.feat_weight * self.objective(s.feats[1:], t.feats[1:])
         return terms
