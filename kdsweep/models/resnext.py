@@ -14,11 +14,11 @@ sum before its ReLU; BN-before-ReLU = the last block's ``bn3``.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdsweep.models.layers import kaiming_init
 from kdsweep.models.registry import FeatureSpec, register_model
+from kdsweep.models.resnet_cifar import Bottleneck, _shortcut
 
 __all__ = ["ResNeXt"]
 
@@ -43,19 +43,10 @@ class Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(gw)
         self.conv3 = nn.Conv2d(gw, self.expansion * gw, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(self.expansion * gw)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion * gw:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, self.expansion * gw, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(self.expansion * gw),
-            )
+        self.shortcut = _shortcut(in_planes, self.expansion * gw, stride)
         self.preact = nn.Identity()
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(self.preact(out + self.shortcut(x)))
+    forward = Bottleneck.forward  # the same conv-bn-relu x2, conv-bn, + shortcut, relu
 
 
 class ResNeXt(nn.Module):
