@@ -5,6 +5,7 @@ Examples::
     python run.py                                          # default job on the embedded data set
     python run.py method=kd teacher=wrn_28_4 student=wrn_16_2 dataset=cifar100 schedule=cifar
     python run.py -m method.alpha=0.2,0.8 method.T=2,4      # a 2x2 grid, one MLflow run each
+    python run.py -m experiment=alpha_t_grid_wrn debug=smoke   # a paper's grid, tiny and offline
     python run.py --cfg job                                # print the composed config
 """
 
@@ -25,21 +26,31 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> float:
-    """Run one job; return its objective (best validation accuracy, %) for sweepers."""
-    from kdsweep.runner import run  # heavy imports after Hydra has parsed the command line
+def main(cfg: DictConfig) -> float | dict:
+    """Run one job; return its objective (best validation accuracy, %) for sweepers, or for a
+    fused sweep job one outcome per member trial."""
+    from kdsweep.run.job import run_job  # heavy imports after Hydra has parsed the command line
 
     hc = HydraConfig.get()
     try:
-        result = run(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task))
+        return run_job(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task))
     except KDSweepError as e:
         if hc.mode == RunMode.MULTIRUN:
             raise  # let the sweeper record the failed trial
         print(f"error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
-    return result.best_val_acc
+
+
+def _presets_as_groups(argv: list[str]) -> list[str]:
+    """``+experiment=NAME`` (the form before ``experiment`` was in the defaults list) -> ``experiment=NAME``.
+
+    Hydra refuses ``+group=`` for a group that the defaults list already names (as
+    ``experiment: null``); both spellings select the preset.
+    """
+    return [a[1:] if a.startswith(("+experiment=", "+debug=")) else a for a in argv]
 
 
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    sys.argv = _presets_as_groups(sys.argv)
     main()

@@ -24,3 +24,19 @@ class CheckpointError(KDSweepError):
 
 class TrainingDiverged(KDSweepError):
     """The loss became NaN or infinite; the run stops instead of training on garbage."""
+
+
+class TrackingError(KDSweepError):
+    """The MLflow store cannot be used (unknown URI scheme, unreadable or read-only database)."""
+
+
+class SweepError(KDSweepError):
+    """A sweep configuration the sweeper cannot run (bad search space, sampler, storage)."""
+
+
+class Pruned(Exception):
+    """A sweep's pruner stopped a trial early (not an error: the trial is recorded as PRUNED)."""
+
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch

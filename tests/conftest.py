@@ -46,3 +46,15 @@ def mlflow_uri(tmp_path, monkeypatch):
 
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+@pytest.fixture
+def teacher(tmp_path: Path) -> str:
+    """A resnet8 teacher checkpoint (random weights): distillation runs without training one."""
+    from kdsweep.engine import save_checkpoint
+    from kdsweep.models import create_model
+
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, {"arch": "resnet8", "num_classes": 10,
+                           "model": create_model("resnet8", num_classes=10).state_dict()})
+    return str(path)

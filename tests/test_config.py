@@ -12,7 +12,7 @@ from kdsweep.methods import create_method, list_methods
 from kdsweep.models import list_models
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("dataset", "method", "schedule")
+GROUPS = ("dataset", "schedule")
 
 
 def yaml_options(group: str) -> list[str]:
@@ -47,8 +47,22 @@ def test_every_yaml_option_composes(compose, group, option):
         validate(cfg)
 
 
-def test_every_method_has_a_yaml():
-    assert set(list_methods()) <= set(yaml_options("method"))
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_is_an_option_with_its_declared_defaults(compose, name):
+    """``method=NAME`` nodes are generated from each method's ``__init__`` declaration."""
+    from kdsweep.methods import get_method, hparams
+
+    node = compose([f"method={name}"]).method
+    declared = {hp.name: hp.default for hp in hparams(get_method(name))}
+    assert node.name == name
+    assert {k: v for k, v in node.items() if k != "name"} == declared
+    create_method(node)
+
+
+def test_no_method_yaml_repeats_a_declaration():
+    """conf/method/ holds presets that differ from the code, never a copy of its defaults."""
+    for f in (CONF / "method").glob("*.yaml") if (CONF / "method").is_dir() else []:
+        assert f.stem not in list_methods(), f"{f} shadows the generated method={f.stem}"
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
@@ -90,8 +104,26 @@ def test_bad_schedule_values_are_refused(compose, override, message):
 @pytest.mark.parametrize("override,message", [
     ("method.alpha=1.5", r"method\.alpha=1\.5 is out of range; allowed: \[0, 1\]"),
     ("method.T=0", r"method\.T=0 is out of range; allowed: \(0, inf\]"),
-    ("+method.beta=3", r"method 'kd' has no option method\.beta; valid: method\.T, method\.alpha"),
 ])
 def test_bad_method_values_are_refused(compose, override, message):
     with pytest.raises(ConfigError, match=message):
         create_method(compose([override]).method)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+unknown_key=1", "unknown config key 'unknown_key'"),
+    ("+schedule.lrr=1", "unknown config key 'schedule.lrr'"),
+    ("+train.foo=1", "unknown config key 'train.foo'"),
+])
+def test_added_unknown_keys_are_refused(compose, override, message):
+    """Hydra lets ``+key=`` add keys even to typed nodes; kdsweep refuses them in one line."""
+    with pytest.raises(ConfigError, match=message):
+        validate(compose([override]))
+
+
+def test_unknown_method_key_is_refused(compose):
+    with pytest.raises(ConfigError, match=r"method 'kd' has no option method\.beta"):
+        create_method(compose(["+method.beta=3"]).method)
+    with pytest.raises(ConfigError, match=r"method 'kd' has no option method\.beta; valid: "
+                                          r"method\.T, method\.alpha"):
+        create_method({"name": "kd", "beta": 3})

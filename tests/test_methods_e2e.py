@@ -1,17 +1,16 @@
-"""Every method of conf/method/ runs a short real distillation on the embedded set and logs its terms."""
+"""Every registered method runs a short real distillation on the embedded set and logs its terms."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from kdsweep.engine import save_checkpoint
+from kdsweep.methods import list_methods
 from kdsweep.models import create_model
-from kdsweep.runner import run
+from kdsweep.run import run
 
-METHODS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "method").glob("*.yaml"))
+METHODS = list_methods()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from kdsweep.report import main, parse_overrides, write_report
+from kdsweep.report import main, write_report
+from kdsweep.report.tables import parse_overrides
 
 PNG = b"\x89PNG"
 

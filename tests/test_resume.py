@@ -110,14 +110,19 @@ def test_resume_false_starts_a_new_run(tmp_path):
 
 
 def test_a_run_whose_process_is_alive_is_not_taken_over():
-    from kdsweep import resume
+    from kdsweep import liveness
 
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    host = liveness.owner()["host"]
     try:
-        assert resume._alive_here(f"{resume.socket.gethostname()}:{alive.pid}")
+        assert liveness.alive(liveness.parse_tag(f"{host}:{alive.pid}"))
+        start = liveness._proc_start(alive.pid)
+        assert liveness.alive(liveness.parse_tag(f"{host}:{alive.pid}:{start}"))
+        # the same pid with another start time: a reused pid, not our process
+        assert liveness.alive(liveness.parse_tag(f"{host}:{alive.pid}:1")) is False
     finally:
         alive.kill()
         alive.wait()
-    assert not resume._alive_here(f"{resume.socket.gethostname()}:{alive.pid}")
-    assert not resume._alive_here(f"other-host:{os.getpid()}")
-    assert not resume._alive_here(resume.owner())  # our own pid: a leftover of this very process
+    assert liveness.alive(liveness.parse_tag(f"{host}:{alive.pid}")) is False
+    assert liveness.alive(liveness.parse_tag(f"other-host:{os.getpid()}")) is None
+    assert liveness.alive(liveness.owner()) is True

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from kdsweep.engine import save_checkpoint
 from kdsweep.errors import CheckpointError
 from kdsweep.models import create_model
-from kdsweep.runner import run
+from kdsweep.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["schedule.epochs=2", "train.limit_train_batches=2", "train.limit_val_batches=1",

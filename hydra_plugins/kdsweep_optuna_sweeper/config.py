@@ -150,6 +150,9 @@ class KDSweepOptunaSweeperConf:
     heartbeat_interval: int = 20
     grace_period: int = 60
     report: ReportConfig = field(default_factory=ReportConfig)
+    # Fused trials: up to this many trials that share the data set, teacher, batch size, seed and
+    # epochs train as one job, with one batch stream and one teacher pass (1: every trial alone).
+    fuse: int = 1
 
 
 def register() -> None:

@@ -1,33 +1,114 @@
-"""The Hydra plugin class. Hydra's plugin scan imports this module on every start, so the heavy
-implementation (optuna, mlflow, sqlalchemy) is imported only when a sweep is instantiated."""
+"""The Hydra plugin: a thin adapter from Hydra's Sweeper interface to :mod:`kdsweep.sweep.study`.
+
+Hydra's plugin scan imports this module on every start, so kdsweep's sweep driver (optuna, mlflow,
+sqlalchemy) is imported only when a sweep is instantiated. Dependencies point one way: this
+adapter imports ``kdsweep``; ``kdsweep`` never imports ``hydra_plugins``.
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import config as _config  # noqa: F401  (registers hydra/sweeper=kdsweep_optuna)
+
+
+def _plain(x: Any) -> Any:
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
 
 
 class KDSweepOptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: str | None,
                  study_name: str | None, study_dir: str | None, n_trials: int | None, n_jobs: int,
                  max_failure_rate: float, params: Any, points: Any, heartbeat_interval: int,
-                 grace_period: int, report: Any) -> None:
-        from ._impl import KDSweepOptunaSweeperImpl
+                 grace_period: int, report: Any, fuse: int = 1) -> None:
+        from kdsweep.errors import SweepError
+        from kdsweep.sweep.settings import Settings
+        from kdsweep.sweep.study import Sweep
 
-        self.sweeper = KDSweepOptunaSweeperImpl(
-            sampler=sampler, pruner=pruner, direction=direction, storage=storage,
-            study_name=study_name, study_dir=study_dir, n_trials=n_trials, n_jobs=n_jobs,
-            max_failure_rate=max_failure_rate, params=params, points=points,
-            heartbeat_interval=heartbeat_interval, grace_period=grace_period, report=report)
+        direction = _plain(direction)
+        if isinstance(direction, (list, tuple)):
+            if len(direction) != 1:
+                _refuse(SweepError("hydra.sweeper.direction: kdsweep runs return one value; use "
+                                   "a single direction (maximize or minimize)"))
+            direction = direction[0]
+        try:
+            self.sweep_impl = Sweep(Settings(
+                sampler=dict(_plain(sampler) or {}),
+                pruner=dict(_plain(pruner) or {"_target_": "optuna.pruners.NopPruner"}),
+                direction=str(getattr(direction, "name", direction)).lower(), storage=storage,
+                study_name=study_name, study_dir=study_dir, n_trials=n_trials, n_jobs=int(n_jobs),
+                max_failure_rate=float(max_failure_rate), params=_plain(params),
+                points=_plain(points), heartbeat_interval=int(heartbeat_interval),
+                grace_period=int(grace_period), report=dict(_plain(report) or {}),
+                fuse=int(fuse)))
+        except SweepError as e:
+            _refuse(e)
+        self.config: DictConfig | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
-        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+        self.job_idx = 0
 
     def sweep(self, arguments: list[str]) -> Any:
-        return self.sweeper.sweep(arguments)
+        """Run the missing trials of the study; a bad sweep config is one line and exit status 2."""
+        from kdsweep.errors import KDSweepError
+
+        try:
+            self.sweep_impl.run(arguments, self._context())
+        except KDSweepError as e:
+            _refuse(e)
+        return None
+
+    def _context(self) -> Any:
+        from kdsweep.sweep.settings import Context
+        from kdsweep.tracking import absolute_uri
+
+        cfg = self.config
+        assert cfg is not None
+        launch_dir = Path(str(cfg.hydra.runtime.cwd))
+        sweep_dir = Path(str(cfg.hydra.sweep.dir))
+        tracking = cfg.get("tracking")
+        uri = str(tracking.uri) if tracking is not None else "sqlite:///mlflow.db"
+        return Context(
+            launch_dir=launch_dir,
+            sweep_dir=sweep_dir if sweep_dir.is_absolute() else launch_dir / sweep_dir,
+            tracking_uri=absolute_uri(uri, launch_dir),
+            experiment=str(tracking.experiment) if tracking is not None else "kdsweep",
+            lock_dir=launch_dir / str(tracking.lock_dir if tracking is not None else ".kdsweep/locks"),
+            launcher=str(cfg.hydra.launcher.get("_target_", "?")).rsplit(".", 1)[-1],
+            prefix="sweep." if "sweep" in cfg else "++sweep.",
+            add_threads=cfg.get("cpu_threads", "absent") is None,
+            launch=self._launch, compose=self._compose)
+
+    def _launch(self, overrides: list[list[str]]) -> list[Any]:
+        from kdsweep.sweep.settings import Outcome
+
+        returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        self.job_idx += len(returns)
+        return [Outcome(value=r.return_value) if r.status == JobStatus.COMPLETED
+                else Outcome(error=r._return_value) for r in returns]
+
+    def _compose(self, overrides: list[str]) -> dict[str, Any]:
+        """A trial's composed config (as a launcher would build it), without the hydra node."""
+        assert self.config is not None
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with_hydra = OmegaConf.to_container(cfg, resolve=False)
+        with_hydra.pop("hydra", None)
+        return with_hydra
+
+
+def _refuse(err: Exception) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)

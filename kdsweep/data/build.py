@@ -4,25 +4,47 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from omegaconf import MISSING
 
 from kdsweep.data.datasets import TensorSplits, channel_stats, cifar_splits, embedded_splits
 from kdsweep.data.loaders import AUGMENTS, TensorLoader
 from kdsweep.errors import ConfigError
 
 SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder")
-# key -> default; ``name`` is mandatory. ``source`` defaults to ``name`` (presets such as cinic10
-# set ``source: imagefolder``).
-DEFAULTS: dict[str, Any] = {
-    "name": None, "source": None, "root": None, "num_classes": None, "image_size": None,
-    "mean": None, "std": None, "augment": "crop_flip", "in_memory": True, "download": False,
-    "num_workers": None, "val_split": None, "padding": 4, "val_resize": None, "cache": True,
-    "cache_dir": None,
-}
+
+
+@dataclass
+class DatasetConf:
+    """The ``dataset`` config group's schema and defaults (presets in ``conf/dataset/``).
+
+    ``source`` defaults to ``name`` (presets such as cinic10 set ``source: imagefolder``).
+    """
+
+    name: str = MISSING
+    source: str | None = None
+    root: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    augment: str = "crop_flip"
+    in_memory: bool = True
+    download: bool = False
+    num_workers: int | None = None
+    val_split: str | None = None
+    padding: int = 4
+    val_resize: int | None = None
+    cache: bool = True
+    cache_dir: str | None = None
+
+
+DEFAULTS: dict[str, Any] = {f.name: (None if f.default is MISSING else f.default)
+                            for f in fields(DatasetConf)}
 
 
 class Loader(Protocol):

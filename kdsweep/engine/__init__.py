@@ -1,6 +1,12 @@
-"""Training engine: device and precision, optimiser and schedule, loop, checkpoints."""
+"""Training engine: device and precision, optimiser and schedule, the cohort loop, checkpoints.
+
+The unit of training is a :class:`Cohort` of :class:`Member` s (a single run is a cohort of one);
+per-epoch behaviours are :class:`Callback` s that the caller supplies. The engine knows methods
+only through :class:`kdsweep.methods.Method`, and nothing of tracking or sweeps.
+"""
 
 from kdsweep.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from kdsweep.engine.cohort import Cohort
 from kdsweep.engine.device import (
     Precision,
     describe_device,
@@ -8,13 +14,33 @@ from kdsweep.engine.device import (
     resolve_precision,
     seed_everything,
 )
-from kdsweep.engine.loop import FitResult, Trainer, evaluate
+from kdsweep.engine.forward import Forward, evaluate
+from kdsweep.engine.member import (
+    ACTIVE,
+    DIVERGED,
+    DONE,
+    FAILED,
+    PRUNED,
+    Callback,
+    FitResult,
+    Member,
+    RngStream,
+)
 from kdsweep.engine.optim import build_optimizer, build_scheduler
 
 __all__ = [
+    "ACTIVE",
+    "DIVERGED",
+    "DONE",
+    "FAILED",
+    "PRUNED",
+    "Callback",
+    "Cohort",
     "FitResult",
+    "Forward",
+    "Member",
     "Precision",
-    "Trainer",
+    "RngStream",
     "build_optimizer",
     "build_scheduler",
     "describe_device",

@@ -1,7 +1,7 @@
 """Optimiser and learning-rate schedule from the ``schedule`` config group.
 
 Schedules are torch's own schedulers, stepped once per *iteration* so that warmup is smooth even
-when it lasts one epoch (seed 003's "cosine + 1 warmup epoch" trick):
+when it lasts one epoch (wangziren1/knowledge_distill_on_mini-imagenet's "cosine + 1 warmup epoch" trick):
 
 - ``step``: multi-step decay by ``gamma`` at ``milestones`` (the CIFAR recipe: x0.1 at 150/180/210
   of 240 epochs);
@@ -15,6 +15,7 @@ when a demo shortens ``schedule.epochs``; milestones >= 1 are epochs.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -33,14 +34,55 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    name = str(cfg.get("optimizer", "sgd")).lower()
-    lr, wd = float(cfg["lr"]), float(cfg.get("weight_decay", 0.0))
+@dataclass
+class ScheduleConf:
+    """The ``schedule`` config group's schema and defaults (presets in ``conf/schedule/``)."""
+
+    name: str = "cosine"                 # step | cosine | constant: the LR schedule's shape
+    epochs: int = 8
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    optimizer: str = "sgd"               # sgd | adamw
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    milestones: list[float] = field(default_factory=list)  # step: epochs, or fractions (< 1)
+    gamma: float = 0.1                   # step: LR factor at each milestone
+    min_lr: float = 0.0                  # cosine: final LR
+    warmup_epochs: float = 0.0           # linear warmup, per iteration (may be a fraction)
+    warmup_start_factor: float = 1e-3    # warmup starts at this fraction of lr
+
+
+def _with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {**asdict(ScheduleConf()), **dict(cfg)}
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any],
+                    device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW over ``params`` with the schedule's settings.
+
+    On CUDA the fused implementations are used: they take a ``found_inf`` flag and skip a step
+    whose loss was not finite on the device, with no host sync (the cohort sets the flag). SGD's
+    momentum buffers are created as zeros up front so that a skipped *first* step leaves them
+    valid; with dampening 0 this is bit for bit torch's own first step (``buf = grad``).
+    """
+    cfg = _with_defaults(cfg)
+    name = str(cfg["optimizer"]).lower()
+    lr, wd = float(cfg["lr"]), float(cfg["weight_decay"])
+    params = list(params)
+    fused = device is not None and device.type == "cuda"
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
-                               weight_decay=wd, nesterov=bool(cfg.get("nesterov", False)))
+        momentum = float(cfg["momentum"])
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=wd,
+            nesterov=bool(cfg["nesterov"]), fused=fused or None)
+        if fused and momentum:
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return opt
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
     raise ConfigError(f"schedule.optimizer={name!r} is not supported; valid: {', '.join(OPTIMIZERS)}")
 
 
@@ -57,21 +99,22 @@ def milestone_steps(milestones: Sequence[float], epochs: int, steps_per_epoch: i
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
                     steps_per_epoch: int) -> LRScheduler:
     """The per-iteration LR schedule of ``cfg`` (see the module docstring)."""
-    name = str(cfg.get("name", "step")).lower()
+    cfg = _with_defaults(cfg)
+    name = str(cfg["name"]).lower()
     epochs = int(cfg["epochs"])
     total = max(1, epochs * steps_per_epoch)
-    warmup = round(float(cfg.get("warmup_epochs", 0)) * steps_per_epoch)
+    warmup = round(float(cfg["warmup_epochs"]) * steps_per_epoch)
     warmup = min(warmup, total - 1) if warmup > 0 else 0
     rest = total - warmup
     if name == "step":
         main: LRScheduler = MultiStepLR(
             optimizer,
             milestones=[max(0, s - warmup) for s in
-                        milestone_steps(cfg.get("milestones", []), epochs, steps_per_epoch)],
-            gamma=float(cfg.get("gamma", 0.1)),
+                        milestone_steps(cfg["milestones"] or [], epochs, steps_per_epoch)],
+            gamma=float(cfg["gamma"]),
         )
     elif name == "cosine":
-        eta_min = float(cfg.get("min_lr", 0.0))
+        eta_min = float(cfg["min_lr"])
         main = CosineAnnealingLR(optimizer, T_max=max(1, rest), eta_min=eta_min)
     elif name == "constant":
         main = LambdaLR(optimizer, lambda _: 1.0)
@@ -79,6 +122,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
         raise ConfigError(f"schedule.name={name!r} is not a known schedule; valid: {', '.join(SCHEDULES)}")
     if warmup == 0:
         return main
-    start = float(cfg.get("warmup_start_factor", 1e-3))
+    start = float(cfg["warmup_start_factor"])
     ramp = LinearLR(optimizer, start_factor=start, end_factor=1.0, total_iters=warmup)
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup])

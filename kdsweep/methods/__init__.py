@@ -1,8 +1,9 @@
 """Training objectives: one module per method, each registered under its standard name.
 
 Adding a method: write ``kdsweep/methods/NAME.py`` with a :class:`Method` subclass decorated by
-``@register_method("NAME")`` and add ``conf/method/NAME.yaml`` with its defaults. Every module of
-this package is imported here, so nothing else needs editing.
+``@register_method("NAME")`` whose ``__init__`` declares its hyper-parameters (typed, with
+defaults). Every module of this package is imported here and the ``method=NAME`` config node is
+generated from the declaration, so nothing else needs editing.
 """
 
 import importlib
@@ -10,11 +11,14 @@ import pkgutil
 
 from kdsweep.methods.base import (
     BuildContext,
+    FeatureMethod,
+    HParam,
     Method,
     StepInfo,
     check_range,
     create_method,
     get_method,
+    hparams,
     list_methods,
     register_method,
 )
@@ -25,11 +29,14 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "BuildContext",
+    "FeatureMethod",
+    "HParam",
     "Method",
     "StepInfo",
     "check_range",
     "create_method",
     "get_method",
+    "hparams",
     "list_methods",
     "register_method",
 ]

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdsweep.methods.base import StepInfo, check_range, register_method
-from kdsweep.methods.connectors import FeatureMethod, align_tail, match_spatial, require_features
+from kdsweep.methods.base import (
+    FeatureMethod,
+    Range,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
+)
+from kdsweep.methods.connectors import align_tail, match_spatial, require_features
 from kdsweep.models import ModelOutput
 
 
@@ -40,11 +49,10 @@ class AT(FeatureMethod):
     (RepDistiller ``-a 0 -b 1000``). Logged terms: ``ce``, ``at``.
     """
 
-    def __init__(self, feat_weight: float = 1000.0, p: float = 2.0, ce_weight: float = 1.0,
-                 kd_weight: float = 0.0, T: float = 4.0):
+    def __init__(self, feat_weight: Weight = 1000.0, p: Annotated[float, Range(0.0, lo_open=True)] = 2.0,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
-        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
-        self.p = check_range("method.p", p, 0.0, lo_open=True)
+        self.feat_weight, self.p = feat_weight, p
         self._init_logits(ce_weight, kd_weight, T)
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,

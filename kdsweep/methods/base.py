@@ -1,26 +1,206 @@
-"""The distillation-method interface and its registry.
+"""The distillation-method interface, its hyper-parameter declarations and its registry.
 
 A method is a small ``nn.Module`` (in the spirit of mdistiller's ``Distiller``): given the student's
 and the teacher's outputs and the targets it returns *named, already weighted* loss terms; the engine
 sums them, back-propagates the sum and logs each term. Whatever extra trainable parts a method needs
 (regressors, embeddings, memory banks) are its submodules, so they go into the optimiser and the
 checkpoint without the engine knowing about them. The engine never branches on a method's name.
+
+**Hyper-parameters are declared once**, as the keyword arguments of the method's ``__init__``: name,
+type, default and range (``Annotated`` metadata such as :data:`Weight` or ``Range(0, 1)``). From that
+one declaration kdsweep checks every value before any work (one line naming the key, the value and
+what is allowed), generates the ``method=NAME`` config node that Hydra type-checks
+(:mod:`kdsweep.config.nodes`), and writes the defaults table of ``docs/methods.md``
+(``python -m kdsweep.methods --markdown``; a test compares it with the file).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from torch import Tensor, nn
 
 from kdsweep.errors import ConfigError
+from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
 
 
+# ---------------------------------------------------------------------------- declarations
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric hyper-parameter: ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+
+    def describe(self) -> str:
+        lo = "-inf" if self.lo is None else f"{self.lo:g}"
+        hi = "inf" if self.hi is None else f"{self.hi:g}"
+        return f"{'(' if self.lo_open else '['}{lo}, {hi}]"
+
+    def contains(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or v <= self.hi
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Allowed values of a string hyper-parameter (compared case-insensitively)."""
+
+    choices: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+
+@dataclass(frozen=True)
+class Length:
+    """A list hyper-parameter with exactly ``n`` items."""
+
+    n: int
+
+
+#: A loss weight, >= 0.
+Weight = Annotated[float, Range(0.0)]
+#: A softmax temperature, > 0.
+Temperature = Annotated[float, Range(0.0, lo_open=True)]
+#: A fraction in [0, 1].
+Fraction = Annotated[float, Range(0.0, 1.0)]
+#: A count >= 1.
+Count = Annotated[int, Range(1)]
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One declared hyper-parameter of a method."""
+
+    name: str
+    type: Any  # float, int, str, bool, list[float], Any; Optional[...] when ``nullable``
+    default: Any
+    nullable: bool = False
+    range: Range | None = None
+    choices: OneOf | None = None
+    length: int | None = None
+
+    @property
+    def type_name(self) -> str:
+        base = getattr(self.type, "__name__", None) or str(self.type).replace("typing.", "")
+        if typing.get_origin(self.type) is list:
+            base = f"list[{typing.get_args(self.type)[0].__name__}]"
+        return f"{base} | None" if self.nullable else base
+
+    def allowed(self) -> str:
+        if self.choices is not None:
+            return self.choices.describe()
+        if self.range is not None:
+            return self.range.describe()
+        return ""
+
+    def check(self, value: Any, prefix: str = "method.") -> Any:
+        """``value`` converted to the declared type, or a one-line :class:`ConfigError`."""
+        key = f"{prefix}{self.name}"
+        if value is None:
+            if self.nullable:
+                return None
+            raise ConfigError(f"{key}=null is not allowed; expected a {self.type_name}")
+        if self.type is Any:
+            return value
+        if typing.get_origin(self.type) is list:
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ConfigError(f"{key}={value!r} must be a list of {self.type_name}")
+            items = [HParam(self.name, typing.get_args(self.type)[0], None, range=self.range)
+                     .check(v, prefix) for v in value]
+            if self.length is not None and len(items) != self.length:
+                raise ConfigError(f"{key}={items} needs exactly {self.length} values")
+            return items
+        return self._scalar(key, value)
+
+    def _scalar(self, key: str, value: Any) -> Any:
+        if self.type is str:
+            if self.choices is None:
+                return str(value)
+            choices = self.choices.choices
+            match = {c.lower(): c for c in choices}.get(str(value).lower())
+            if match is None:
+                raise ConfigError(f"{key}={value!r} is not valid; valid: {', '.join(choices)}")
+            return match
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}={value!r} must be true or false")
+            return value
+        try:
+            v = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is not a number") from None
+        shown = f"{v:g}" if isinstance(value, (int, float)) else value
+        if self.range is not None and not self.range.contains(v):
+            raise ConfigError(f"{key}={shown} is out of range; allowed: {self.range.describe()}")
+        if not math.isfinite(v):
+            raise ConfigError(f"{key}={shown} must be a finite number")
+        if self.type is int:
+            if v != int(v):
+                raise ConfigError(f"{key}={shown} must be an integer")
+            return int(v)
+        return v
+
+
+def _declared_type(hint: Any) -> tuple[Any, bool, tuple[Any, ...]]:
+    """(base type, nullable, metadata) of an ``__init__`` annotation."""
+    meta: tuple[Any, ...] = ()
+    if typing.get_origin(hint) is Annotated:
+        hint, *rest = typing.get_args(hint)
+        meta = tuple(rest)
+    nullable = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        nullable = len(args) < len(typing.get_args(hint))
+        hint = args[0] if len(args) == 1 else Any
+        if typing.get_origin(hint) is Annotated:
+            hint, *rest = typing.get_args(hint)
+            meta += tuple(rest)
+    if typing.get_origin(hint) in (list, Sequence, tuple) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        hint = list[args[0] if args and args[0] is not Ellipsis else Any]
+    return hint, nullable, meta
+
+
+@functools.cache
+def _hparams_of(init: Callable[..., Any]) -> tuple[HParam, ...]:
+    hints = typing.get_type_hints(init, include_extras=True)
+    out = []
+    for p in list(inspect.signature(init).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.name not in hints or p.default is inspect.Parameter.empty:
+            raise TypeError(f"{init.__qualname__}: hyper-parameter {p.name!r} needs a type and a "
+                            "default")
+        base, nullable, meta = _declared_type(hints[p.name])
+        default = list(p.default) if isinstance(p.default, tuple) else p.default
+        out.append(HParam(
+            p.name, base, default, nullable=nullable or p.default is None,
+            range=next((m for m in meta if isinstance(m, Range)), None),
+            choices=next((m for m in meta if isinstance(m, OneOf)), None),
+            length=next((m.n for m in meta if isinstance(m, Length)), None)))
+    return tuple(out)
+
+
+def hparams(cls: type[Method]) -> tuple[HParam, ...]:
+    """The hyper-parameters ``cls`` declares (its ``__init__`` keyword arguments)."""
+    return _hparams_of(inspect.unwrap(cls.__init__))
+
+
+# ------------------------------------------------------------------------------- interface
 @dataclass(frozen=True)
 class StepInfo:
     """Where training is, for methods that schedule their loss (DKD warmup) or index samples (CRD)."""
@@ -53,10 +233,10 @@ class BuildContext:
 class Method(nn.Module):
     """Base class of every training objective, plain cross-entropy included.
 
-    Subclasses set the class attributes below, take their hyper-parameters as keyword arguments
-    of ``__init__`` (the keys of ``conf/method/NAME.yaml`` other than ``name``), and implement
-    :meth:`forward`. Methods with connectors whose shapes depend on the models override
-    :meth:`build`, which runs once on a dry-run batch before the optimiser is created.
+    Subclasses set the class attributes below, declare their hyper-parameters as typed keyword
+    arguments of ``__init__`` with defaults (checked before ``__init__`` runs, see the module
+    docstring), and implement :meth:`forward`. Methods with connectors whose shapes depend on the
+    models override :meth:`build`, which runs once on a dry-run batch before the optimiser is created.
     """
 
     name: ClassVar[str] = ""
@@ -64,6 +244,24 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     #: True when the method reads stage features; otherwise the engine calls ``model(x)`` only.
     needs_features: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def checked_init(self: Method, *args: Any, **kw: Any) -> None:
+            if type(self).__init__ is checked_init:  # check once, in the most derived class
+                bound = inspect.signature(init).bind(self, *args, **kw)
+                for hp in _hparams_of(init):
+                    if hp.name in bound.arguments:
+                        bound.arguments[hp.name] = hp.check(bound.arguments[hp.name])
+                args, kw = bound.args[1:], bound.kwargs
+            init(self, *args, **kw)
+
+        cls.__init__ = checked_init  # type: ignore[method-assign]
 
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
               context: BuildContext) -> None:
@@ -73,13 +271,8 @@ class Method(nn.Module):
         submodules created here are moved to the student's device by the engine afterwards.
         """
 
-    def forward(
-        self,
-        student_out: ModelOutput,
-        teacher_out: ModelOutput | None,
-        targets: Tensor,
-        info: StepInfo,
-    ) -> dict[str, Tensor]:
+    def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None, targets: Tensor,
+                info: StepInfo) -> dict[str, Tensor]:
         raise NotImplementedError
 
     def extra_parameters(self) -> int:
@@ -87,6 +280,28 @@ class Method(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
 
+class FeatureMethod(Method):
+    """Base of the feature methods: the optional ``ce`` and ``kd`` terms every one of them has.
+
+    Subclasses declare ``ce_weight``, ``kd_weight`` and ``T`` among their hyper-parameters, call
+    :meth:`_init_logits` in ``__init__`` and start ``forward`` from :meth:`_logit_terms`, which
+    returns ``ce_weight * CE`` and ``kd_weight * T^2 * KL`` (each only when its weight is > 0), so
+    ``alpha x T`` grids and "FEATURE + KD" combinations need no code.
+    """
+
+    needs_features = True
+
+    def _init_logits(self, ce_weight: float, kd_weight: float, T: float) -> None:
+        self.ce_weight, self.kd_weight, self.T = ce_weight, kd_weight, T
+
+    def _logit_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+                     targets: Tensor) -> dict[str, Tensor]:
+        t_logits = teacher_out.logits.detach() if teacher_out is not None else None
+        return logit_terms(student_out.logits, t_logits, targets, ce_weight=self.ce_weight,
+                           kd_weight=self.kd_weight, T=self.T)
+
+
+# -------------------------------------------------------------------------------- registry
 _METHODS: dict[str, type[Method]] = {}
 
 
@@ -98,6 +313,7 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
             raise ValueError(f"method {name!r} is registered twice")
         cls.name = name
         _METHODS[name] = cls
+        hparams(cls)  # a bad declaration fails at import, not in a user's run
         return cls
 
     return deco
@@ -120,39 +336,40 @@ def create_method(cfg: Mapping[str, Any]) -> Method:
     """Instantiate ``cfg.name`` with the other keys as hyper-parameters; unknown keys are refused."""
     params = {k: v for k, v in dict(cfg).items() if k != "name"}
     cls = get_method(str(cfg["name"]))
-    accepted = inspect.signature(cls.__init__).parameters
-    unknown = sorted(set(params) - set(accepted) - {"self"})
+    declared = {hp.name for hp in hparams(cls)}
+    unknown = sorted(set(params) - declared)
     if unknown:
-        valid = sorted(k for k in accepted if k not in ("self", "args", "kwargs"))
         raise ConfigError(
             f"method {cls.name!r} has no option {', '.join(f'method.{k}' for k in unknown)}; "
-            f"valid: {', '.join(f'method.{k}' for k in valid) or '(none)'}"
+            f"valid: {', '.join(f'method.{k}' for k in sorted(declared)) or '(none)'}"
         )
     return cls(**params)
 
 
 def check_range(key: str, value: float, lo: float | None = None, hi: float | None = None,
                 *, lo_open: bool = False) -> float:
-    """Refuse a hyper-parameter outside its range with a one-line :class:`ConfigError`."""
-    value = float(value)
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
-        hi is not None and value > hi
-    ) or not math.isfinite(value)
-    if bad:
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        interval = f"{'(' if lo_open else '['}{lo_s}, {hi_s}]"
-        raise ConfigError(f"{key}={value:g} is out of range; allowed: {interval}")
-    return value
+    """Refuse a value outside ``[lo, hi]`` with a one-line :class:`ConfigError` (for values that
+    are not declared hyper-parameters, e.g. derived from the data)."""
+    return HParam(key, float, None, range=Range(lo, hi, lo_open)).check(value, prefix="")
 
 
 __all__ = [
     "BuildContext",
+    "Count",
+    "FeatureMethod",
+    "Fraction",
+    "HParam",
+    "Length",
     "Method",
+    "OneOf",
+    "Range",
     "StepInfo",
+    "Temperature",
+    "Weight",
     "check_range",
     "create_method",
     "get_method",
+    "hparams",
     "list_methods",
     "register_method",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdsweep.methods.base import Method, StepInfo, check_range, register_method
+from kdsweep.methods.base import Fraction, Method, StepInfo, Weight, register_method
 from kdsweep.models import ModelOutput
 
 
@@ -18,10 +18,9 @@ class CrossEntropy(Method):
 
     needs_teacher = False
 
-    def __init__(self, ce_weight: float = 1.0, label_smoothing: float = 0.0):
+    def __init__(self, ce_weight: Weight = 1.0, label_smoothing: Fraction = 0.0):
         super().__init__()
-        self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
-        self.label_smoothing = check_range("method.label_smoothing", label_smoothing, 0.0, 1.0)
+        self.ce_weight, self.label_smoothing = ce_weight, label_smoothing
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: Tensor, info: StepInfo) -> dict[str, Tensor]:

@@ -14,8 +14,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdsweep.errors import ConfigError
-from kdsweep.methods.base import Method, check_range
-from kdsweep.methods.kd import logit_terms
 from kdsweep.models import ModelOutput
 
 T_ = TypeVar("T_")
@@ -23,7 +21,6 @@ T_ = TypeVar("T_")
 __all__ = [
     "ConnectorConvBN",
     "ConvReg",
-    "FeatureMethod",
     "align_tail",
     "match_spatial",
     "require_features",
@@ -122,25 +119,3 @@ class ConnectorConvBN(nn.Sequential):
         nn.init.ones_(bn.weight)
         nn.init.zeros_(bn.bias)
         super().__init__(conv, bn)
-
-
-class FeatureMethod(Method):
-    """Base of the feature methods here: the optional ``ce`` and ``kd`` terms of every method.
-
-    Subclasses call :meth:`_init_logits` in ``__init__`` and start ``forward`` from
-    :meth:`_logit_terms`, which returns ``ce_weight * CE`` and ``kd_weight * T^2 * KL`` (each only
-    when its weight is > 0), so ``alpha x T`` grids and "FEATURE + KD" combinations need no code.
-    """
-
-    needs_features = True
-
-    def _init_logits(self, ce_weight: float, kd_weight: float, T: float) -> None:
-        self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
-        self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
-        self.T = check_range("method.T", T, 0.0, lo_open=True)
-
-    def _logit_terms(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
-                     targets: Tensor) -> dict[str, Tensor]:
-        t_logits = teacher_out.logits.detach() if teacher_out is not None else None
-        return logit_terms(student_out.logits, t_logits, targets, ce_weight=self.ce_weight,
-                           kd_weight=self.kd_weight, T=self.T)

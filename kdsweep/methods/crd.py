@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdsweep.errors import ConfigError
-from kdsweep.methods.base import BuildContext, Method, StepInfo, check_range, register_method
-from kdsweep.methods.kd import logit_terms
+from kdsweep.methods.base import (
+    BuildContext,
+    Count,
+    Fraction,
+    Method,
+    OneOf,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
+)
+from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -20,20 +31,6 @@ CRD_MODES = ("exact", "relax", "in_batch")
 NCE_EPS = 1e-7  # RepDistiller's eps in the NCE posterior
 #: Random keys drawn at once when sampling negatives without replacement (64 MiB of float32).
 _SAMPLE_CHUNK = 1 << 24
-
-
-def check_int(key: str, value: float, lo: int) -> int:
-    """An integer hyper-parameter ``>= lo`` (``16384.0`` is accepted, ``0.5`` is not)."""
-    v = check_range(key, value, lo)
-    if v != int(v):
-        raise ConfigError(f"{key}={value} must be an integer")
-    return int(v)
-
-
-def check_choice(key: str, value: str, choices: tuple[str, ...]) -> str:
-    if str(value) not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; valid: {', '.join(choices)}")
-    return str(value)
 
 
 def require(method: str, out: ModelOutput | None, who: str, *, pooled: bool = False,
@@ -252,19 +249,14 @@ class CRD(Method):
 
     needs_features = True
 
-    def __init__(self, feat_weight: float = 0.8, feat_dim: int = 128, nce_k: int = 16384,
-                 nce_t: float = 0.07, nce_m: float = 0.5, mode: str = "exact",
-                 ce_weight: float = 1.0, kd_weight: float = 0.0, T: float = 4.0):
+    def __init__(self, feat_weight: Weight = 0.8, feat_dim: Count = 128, nce_k: Count = 16384,
+                 nce_t: Temperature = 0.07, nce_m: Fraction = 0.5,
+                 mode: Annotated[str, OneOf(CRD_MODES)] = "exact", ce_weight: Weight = 1.0,
+                 kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
-        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
-        self.feat_dim = check_int("method.feat_dim", feat_dim, 1)
-        self.nce_k = check_int("method.nce_k", nce_k, 1)
-        self.nce_t = check_range("method.nce_t", nce_t, 0.0, lo_open=True)
-        self.nce_m = check_range("method.nce_m", nce_m, 0.0, 1.0)
-        self.mode = check_choice("method.mode", mode, CRD_MODES)
-        self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
-        self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
-        self.T = check_range("method.T", T, 0.0, lo_open=True)
+        self.feat_weight, self.feat_dim, self.nce_k = feat_weight, feat_dim, nce_k
+        self.nce_t, self.nce_m, self.mode = nce_t, nce_m, mode
+        self.ce_weight, self.kd_weight, self.T = ce_weight, kd_weight, T
         self.objective: CRDObjective | None = None
 
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor
 
-from kdsweep.methods.base import Method, StepInfo, check_range, register_method
-from kdsweep.methods.kd import logit_terms
+from kdsweep.methods.base import Method, Range, StepInfo, Temperature, Weight, register_method
+from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
 
 
@@ -59,15 +61,12 @@ class DKD(Method):
     each already weighted, the warmup included.
     """
 
-    def __init__(self, ce_weight: float = 1.0, alpha: float = 1.0, beta: float = 8.0,
-                 T: float = 4.0, warmup: float = 20.0, kd_weight: float = 0.0):
+    def __init__(self, ce_weight: Weight = 1.0, alpha: Weight = 1.0, beta: Weight = 8.0,
+                 T: Temperature = 4.0, warmup: Annotated[float, Range(0.0)] = 20.0,
+                 kd_weight: Weight = 0.0):
         super().__init__()
-        self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
-        self.alpha = check_range("method.alpha", alpha, 0.0)
-        self.beta = check_range("method.beta", beta, 0.0)
-        self.T = check_range("method.T", T, 0.0, lo_open=True)
-        self.warmup = check_range("method.warmup", warmup, 0.0)
-        self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
+        self.ce_weight, self.alpha, self.beta, self.T = ce_weight, alpha, beta, T
+        self.warmup, self.kd_weight = warmup, kd_weight
 
     def warmup_factor(self, epoch: int) -> float:
         return 1.0 if self.warmup <= 0 else min((epoch + 1) / self.warmup, 1.0)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from kdsweep.errors import ConfigError
-from kdsweep.methods.base import BuildContext, StepInfo, check_range, register_method
-from kdsweep.methods.connectors import ConvReg, FeatureMethod, require_features
+from kdsweep.methods.base import (
+    BuildContext,
+    FeatureMethod,
+    Range,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
+)
+from kdsweep.methods.connectors import ConvReg, require_features
 from kdsweep.models import ModelOutput
 
 
@@ -28,13 +38,10 @@ class FitNet(FeatureMethod):
     ``ce``, ``hint``.
     """
 
-    def __init__(self, feat_weight: float = 100.0, hint_layer: int = 2, ce_weight: float = 1.0,
-                 kd_weight: float = 0.0, T: float = 4.0):
+    def __init__(self, feat_weight: Weight = 100.0, hint_layer: Annotated[int, Range(0)] = 2,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
-        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
-        if int(hint_layer) != hint_layer:
-            raise ConfigError(f"method.hint_layer={hint_layer!r} must be an integer")
-        self.hint_layer = int(check_range("method.hint_layer", hint_layer, 0.0))
+        self.feat_weight, self.hint_layer = feat_weight, hint_layer
         self._init_logits(ce_weight, kd_weight, T)
         self.regressor: ConvReg | None = None
 

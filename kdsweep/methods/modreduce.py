@@ -1,6 +1,6 @@
 """ModReduce: response (KD), relational (CRD) and feature (SemCKD) distillers joined by online learning.
 
-Seed 002 (github.com/Yahya-Abbas/ModReduce) trains three students of the same architecture, one
+ModReduce, Abbas et al. (github.com/Yahya-Abbas/ModReduce) trains three students of the same architecture, one
 per knowledge type, and lets them teach each other online through an aggregator of their
 predictions. kdsweep trains one student, so the three students become three *peers that share
 the student's backbone* (the multi-branch layout of ONE and PCL, the online methods the seed
@@ -13,22 +13,34 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdsweep.errors import ConfigError
-from kdsweep.methods.base import BuildContext, Method, StepInfo, check_range, register_method
-from kdsweep.methods.crd import CRD_MODES, CRDObjective, check_choice, check_int, require
-from kdsweep.methods.kd import kd_loss, logit_terms
+from kdsweep.methods.base import (
+    BuildContext,
+    Count,
+    Fraction,
+    Length,
+    Method,
+    OneOf,
+    Range,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
+)
+from kdsweep.methods.crd import CRD_MODES, CRDObjective, require
+from kdsweep.methods.logits import kd_loss, logit_terms
 from kdsweep.methods.semckd import SemCKDObjective, attention_width
 from kdsweep.models import ModelOutput
 
 PEERS = ("resp", "rel", "feat")  # response (Hinton KD), relational (CRD), feature (SemCKD)
 #: The seed's online-learning methods (its ``--ol`` choices ``pcl``, ``One``, ``FC``, ``W_Avg``).
 ONLINE = ("PCL", "ONE", "FC", "WAvg")
-_ALIASES = {"pcl": "PCL", "one": "ONE", "fc": "FC", "wavg": "WAvg", "w_avg": "WAvg"}
 
 
 def online_weight(epoch: int, epochs: int, *, init: float, final: float, steps: int,
@@ -113,7 +125,7 @@ class GateAggregator(nn.Module):
 
 @register_method("modreduce")
 class ModReduce(Method):
-    """ModReduce (seed 002): Abbas, Badawy, Mahfouz, Hussein, Ayman, Eraqi & Salama, "ModReduce: A
+    """ModReduce (ModReduce, Abbas et al.): Abbas, Badawy, Mahfouz, Hussein, Ayman, Eraqi & Salama, "ModReduce: A
     Multi-Knowledge Distillation Framework" (with Online Learning, ICLR 2023 submission; code
     github.com/Yahya-Abbas/ModReduce).
 
@@ -161,42 +173,26 @@ class ModReduce(Method):
 
     needs_features = True
 
-    def __init__(self, online: str = "WAvg", ce_weight: float = 1.0, kd_weight: float = 1.0,
-                 T: float = 4.0, crd_weight: float = 0.8, semckd_weight: float = 400.0,
-                 peer_scale: Sequence[float] = (10.0, 1.0, 100.0), online_weight: float = 0.7,
-                 online_weight_init: float = 0.01, online_growth_steps: int = 24,
-                 online_start: float = 0.0, pcl_T: float = 3.0, pcl_rampup: float = 1 / 3,
-                 pcl_ema: float = 0.999, feat_dim: int = 128, nce_k: int = 16384,
-                 nce_t: float = 0.07, nce_m: float = 0.5, crd_mode: str = "exact",
-                 batch_size: int | None = None):
+    def __init__(self, online: Annotated[str, OneOf(ONLINE)] = "WAvg", ce_weight: Weight = 1.0,
+                 kd_weight: Weight = 1.0, T: Temperature = 4.0, crd_weight: Weight = 0.8,
+                 semckd_weight: Weight = 400.0,
+                 peer_scale: Annotated[list[float], Range(0.0), Length(3)] = (10.0, 1.0, 100.0),
+                 online_weight: Fraction = 0.7,
+                 online_weight_init: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.01,
+                 online_growth_steps: Count = 24, online_start: Fraction = 0.0,
+                 pcl_T: Temperature = 3.0, pcl_rampup: Fraction = 1 / 3, pcl_ema: Fraction = 0.999,
+                 feat_dim: Count = 128, nce_k: Count = 16384, nce_t: Temperature = 0.07,
+                 nce_m: Fraction = 0.5, crd_mode: Annotated[str, OneOf(CRD_MODES)] = "exact",
+                 batch_size: Count | None = None):
         super().__init__()
-        key = _ALIASES.get(str(online).lower())
-        if key is None:
-            raise ConfigError(f"method.online={online!r} is not valid; valid: {', '.join(ONLINE)}")
-        self.online = key
-        self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
-        self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
-        self.T = check_range("method.T", T, 0.0, lo_open=True)
-        self.crd_weight = check_range("method.crd_weight", crd_weight, 0.0)
-        self.semckd_weight = check_range("method.semckd_weight", semckd_weight, 0.0)
-        scale = [float(v) for v in peer_scale]
-        if len(scale) != 3:
-            raise ConfigError(f"method.peer_scale needs 3 values (resp, rel, feat), got {scale}")
-        self.peer_scale = [check_range("method.peer_scale", v, 0.0) for v in scale]
-        self.online_weight = check_range("method.online_weight", online_weight, 0.0, 1.0)
-        self.online_weight_init = check_range("method.online_weight_init", online_weight_init,
-                                              0.0, 1.0, lo_open=True)
-        self.online_growth_steps = check_int("method.online_growth_steps", online_growth_steps, 1)
-        self.online_start = check_range("method.online_start", online_start, 0.0, 1.0)
-        self.pcl_T = check_range("method.pcl_T", pcl_T, 0.0, lo_open=True)
-        self.pcl_rampup = check_range("method.pcl_rampup", pcl_rampup, 0.0, 1.0)
-        self.pcl_ema = check_range("method.pcl_ema", pcl_ema, 0.0, 1.0)
-        self.feat_dim = check_int("method.feat_dim", feat_dim, 1)
-        self.nce_k = check_int("method.nce_k", nce_k, 1)
-        self.nce_t = check_range("method.nce_t", nce_t, 0.0, lo_open=True)
-        self.nce_m = check_range("method.nce_m", nce_m, 0.0, 1.0)
-        self.crd_mode = check_choice("method.crd_mode", crd_mode, CRD_MODES)
-        self.batch_size = None if batch_size is None else check_int("method.batch_size", batch_size, 1)
+        self.online = online
+        self.ce_weight, self.kd_weight, self.T = ce_weight, kd_weight, T
+        self.crd_weight, self.semckd_weight, self.peer_scale = crd_weight, semckd_weight, peer_scale
+        self.online_weight, self.online_weight_init = online_weight, online_weight_init
+        self.online_growth_steps, self.online_start = online_growth_steps, online_start
+        self.pcl_T, self.pcl_rampup, self.pcl_ema = pcl_T, pcl_rampup, pcl_ema
+        self.feat_dim, self.nce_k, self.nce_t, self.nce_m = feat_dim, nce_k, nce_t, nce_m
+        self.crd_mode, self.batch_size = crd_mode, batch_size
         for peer, extra in zip(PEERS, (0.0, self.crd_weight, self.semckd_weight), strict=True):
             if self.ce_weight + self.kd_weight + extra <= 0:
                 raise ConfigError(f"modreduce: peer {peer!r} has no loss (its weights sum to 0)")

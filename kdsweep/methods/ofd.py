@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdsweep.errors import ConfigError
-from kdsweep.methods.base import BuildContext, StepInfo, check_range, register_method
-from kdsweep.methods.connectors import (
-    ConnectorConvBN,
+from kdsweep.methods.base import (
+    BuildContext,
     FeatureMethod,
-    align_tail,
-    require_features,
+    Range,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
 )
+from kdsweep.methods.connectors import ConnectorConvBN, align_tail, require_features
 from kdsweep.models import ModelOutput, bn_margin
 
 
@@ -58,11 +61,11 @@ class OFD(FeatureMethod):
     ``BuildContext`` a ``teacher_tap`` field. Logged terms: ``ce``, ``ofd``.
     """
 
-    def __init__(self, feat_weight: float = 1e-3, kernel_size: int = 1, ce_weight: float = 1.0,
-                 kd_weight: float = 0.0, T: float = 4.0):
+    def __init__(self, feat_weight: Weight = 1e-3, kernel_size: Annotated[int, Range(1)] = 1,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
-        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
-        if int(kernel_size) != kernel_size or int(kernel_size) % 2 != 1 or kernel_size < 1:
+        self.feat_weight = feat_weight
+        if kernel_size % 2 != 1:
             raise ConfigError(f"method.kernel_size={kernel_size!r} must be an odd integer >= 1")
         self.kernel_size = int(kernel_size)
         self._init_logits(ce_weight, kd_weight, T)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from kdsweep.methods.base import StepInfo, check_range, register_method
-from kdsweep.methods.connectors import FeatureMethod, require_features
+from kdsweep.methods.base import FeatureMethod, StepInfo, Temperature, Weight, register_method
+from kdsweep.methods.connectors import require_features
 from kdsweep.models import ModelOutput
 
 
@@ -41,10 +41,9 @@ class PKT(FeatureMethod):
     Logged terms: ``ce``, ``pkt``.
     """
 
-    def __init__(self, feat_weight: float = 30000.0, ce_weight: float = 1.0,
-                 kd_weight: float = 0.0, T: float = 4.0):
+    def __init__(self, feat_weight: Weight = 30000.0, ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
-        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
+        self.feat_weight = feat_weight
         self._init_logits(ce_weight, kd_weight, T)
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,

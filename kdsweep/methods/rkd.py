@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdsweep.methods.base import StepInfo, check_range, register_method
-from kdsweep.methods.connectors import FeatureMethod, require_features
+from kdsweep.methods.base import FeatureMethod, StepInfo, Temperature, Weight, register_method
+from kdsweep.methods.connectors import require_features
 from kdsweep.models import ModelOutput
 
 
@@ -58,11 +58,10 @@ class RKD(FeatureMethod):
     squared distances clamped at 1e-12). Logged terms: ``ce``, ``distance``, ``angle``.
     """
 
-    def __init__(self, distance_weight: float = 25.0, angle_weight: float = 50.0,
-                 ce_weight: float = 1.0, kd_weight: float = 0.0, T: float = 4.0):
+    def __init__(self, distance_weight: Weight = 25.0, angle_weight: Weight = 50.0,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
-        self.distance_weight = check_range("method.distance_weight", distance_weight, 0.0)
-        self.angle_weight = check_range("method.angle_weight", angle_weight, 0.0)
+        self.distance_weight, self.angle_weight = distance_weight, angle_weight
         self._init_logits(ce_weight, kd_weight, T)
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,

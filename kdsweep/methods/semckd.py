@@ -7,9 +7,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdsweep.errors import ConfigError
-from kdsweep.methods.base import BuildContext, Method, StepInfo, check_range, register_method
-from kdsweep.methods.crd import check_int, require
-from kdsweep.methods.kd import logit_terms
+from kdsweep.methods.base import (
+    BuildContext,
+    Count,
+    Method,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
+)
+from kdsweep.methods.crd import require
+from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
 
 
@@ -133,14 +141,11 @@ class SemCKD(Method):
 
     needs_features = True
 
-    def __init__(self, feat_weight: float = 400.0, batch_size: int | None = None, ce_weight: float = 1.0,
-                 kd_weight: float = 1.0, T: float = 4.0):
+    def __init__(self, feat_weight: Weight = 400.0, batch_size: Count | None = None,
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 1.0, T: Temperature = 4.0):
         super().__init__()
-        self.feat_weight = check_range("method.feat_weight", feat_weight, 0.0)
-        self.batch_size = None if batch_size is None else check_int("method.batch_size", batch_size, 1)
-        self.ce_weight = check_range("method.ce_weight", ce_weight, 0.0)
-        self.kd_weight = check_range("method.kd_weight", kd_weight, 0.0)
-        self.T = check_range("method.T", T, 0.0, lo_open=True)
+        self.feat_weight, self.batch_size = feat_weight, batch_size
+        self.ce_weight, self.kd_weight, self.T = ce_weight, kd_weight, T
         self.objective: SemCKDObjective | None = None
 
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,

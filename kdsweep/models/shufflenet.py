@@ -216,7 +216,7 @@ def _register_width(size: float) -> None:
     def build(num_classes: int, **kwargs) -> nn.Module:
         return ShuffleNetV2(size, num_classes=num_classes, **kwargs)
 
-    build.__doc__ = f"CIFAR ShuffleNetV2 at width {size} (RepDistiller layout; seed 001 CINIC-10)"
+    build.__doc__ = f"CIFAR ShuffleNetV2 at width {size} (RepDistiller layout; PkuDavidGuan/Distillation CINIC-10)"
     build.__name__ = name
     register_model(name, family="shufflenetv2", features=V2_FEATURES)(build)
 

@@ -1,0 +1,90 @@
+"""Up-front checks of a composed run config: value ranges and rules across keys, one line each.
+
+Types and unknown keys inside the typed groups are refused by Hydra at composition
+(:mod:`kdsweep.config.schema`); what remains is checked here, before any work and before anything
+is written: each failure is a :class:`ConfigError` naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from kdsweep.config.schema import RunConfig
+from kdsweep.errors import ConfigError
+
+#: Upper bounds that catch a typo of a few extra digits (and integers no tensor can hold).
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_THREADS = 4096
+
+
+def _positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{key}={value!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+    if not (v >= 0 if allow_zero else v > 0):
+        raise ConfigError(f"{key}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _int_in(key: str, value: Any, lo: int, hi: int, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        what = f"an integer in [{lo}, {hi}]" + (" or null" if nullable else "")
+        raise ConfigError(f"{key}={value!r} must be {what}")
+
+
+def _known_keys(cfg: Mapping[str, Any], schema: type = RunConfig, prefix: str = "") -> None:
+    """Keys added with ``+key=`` that the schema does not declare (Hydra lets ``+`` add them)."""
+    declared = {f.name: f.type for f in fields(schema)}
+    unknown = sorted(set(cfg) - set(declared))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"unknown config key {key!r} (added with +{key}=...); valid: "
+                          + ", ".join(f"{prefix}{k}" for k in sorted(declared)))
+    for f in fields(schema):
+        sub = cfg.get(f.name)
+        if is_dataclass(f.default_factory() if callable(f.default_factory) else None) and \
+                isinstance(sub, Mapping):
+            _known_keys(sub, type(f.default_factory()), f"{prefix}{f.name}.")
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Check run-level values before any work starts; methods check their own hyper-parameters.
+
+    Raises :class:`ConfigError` with one line naming the key, the value and what is allowed.
+    """
+    _known_keys(cfg)
+    s = cfg["schedule"]
+    epochs = s.get("epochs")
+    _int_in("schedule.epochs", epochs, 1, MAX_EPOCHS)
+    _positive("schedule.lr", s.get("lr"))
+    for key in ("batch_size", "eval_batch_size"):
+        _int_in(f"schedule.{key}", s.get(key), 1, MAX_BATCH)
+    for key in ("weight_decay", "momentum", "warmup_epochs", "gamma", "min_lr"):
+        if s.get(key) is not None:
+            _positive(f"schedule.{key}", s.get(key), allow_zero=True)
+    if float(s.get("momentum") or 0) >= 1:
+        raise ConfigError(f"schedule.momentum={s.get('momentum')!r} must be in [0, 1)")
+    if float(s.get("warmup_epochs") or 0) >= epochs:
+        raise ConfigError(
+            f"schedule.warmup_epochs={float(s.get('warmup_epochs')):g} must be shorter than "
+            f"schedule.epochs={epochs}"
+        )
+    wsf = s.get("warmup_start_factor")
+    if wsf is not None and not 0 < float(wsf) <= 1:
+        raise ConfigError(f"schedule.warmup_start_factor={wsf!r} must be in (0, 1]")
+    _int_in("cpu_threads", cfg.get("cpu_threads"), 1, MAX_THREADS, nullable=True)
+    _int_in("seed", cfg.get("seed", 0), 0, 2**63 - 1)
+    _int_in("train.checkpoint_every", cfg["train"].get("checkpoint_every", 1), 0, MAX_EPOCHS)
+    if cfg["train"].get("fuse_memory", "split") not in ("split", "refuse"):
+        raise ConfigError(f"train.fuse_memory={cfg['train'].get('fuse_memory')!r}; valid: split, "
+                          "refuse")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        _int_in(f"train.{key}", cfg["train"].get(key), 1, 2**31, nullable=True)

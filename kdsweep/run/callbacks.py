@@ -1,0 +1,69 @@
+"""The per-epoch behaviours of a run, as engine callbacks, each testable alone.
+
+Order per epoch (the pipeline attaches them so): checkpoints first (so a crash between writing
+``last.pt`` and logging is repaired on resume), then the MLflow metrics, then the sweep's pruning
+report, which may take the member out of its cohort.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kdsweep.engine import Callback, Member, save_checkpoint
+from kdsweep.errors import Pruned
+from kdsweep.run.resume import PRUNED_TAG
+from kdsweep.tracking import RunRecorder
+
+
+class Checkpoints(Callback):
+    """``best.pt`` (weights of the best epoch) and ``last.pt`` (everything to resume)."""
+
+    def __init__(self, folder: Path, *, every: int, epochs: int, header: Mapping[str, Any]):
+        self.folder, self.every, self.epochs = Path(folder), int(every), int(epochs)
+        self.header = dict(header)  # arch, num_classes, config (credentials masked)
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
+                     is_best: bool) -> None:
+        if is_best:
+            save_checkpoint(self.best, {**self.header, "model": member.student.state_dict(),
+                                        "method": member.method.state_dict(), "epoch": epoch + 1,
+                                        "val_acc": metrics["val_acc"]})
+        done = epoch + 1
+        if self.every and (done % self.every == 0 or done == self.epochs):
+            save_checkpoint(self.last, {**self.header, "epoch": done, "trainer": member.state_dict()})
+
+
+class EpochMetrics(Callback):
+    """Each epoch's metrics in the member's MLflow run, step = epoch number (from 1)."""
+
+    def __init__(self, recorder: RunRecorder):
+        self.recorder = recorder
+
+    def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
+                     is_best: bool) -> None:
+        self.recorder.log_metrics(metrics, step=epoch + 1)
+
+
+class PruningReports(Callback):
+    """Reports the objective to the member's Optuna trial; a pruned member is tagged and stopped."""
+
+    def __init__(self, reporter: Any, recorder: RunRecorder, metric: str = "val_acc"):
+        self.reporter, self.recorder, self.metric = reporter, recorder, metric
+
+    def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
+                     is_best: bool) -> None:
+        try:
+            self.reporter.report(metrics[self.metric], epoch + 1)
+        except Pruned:
+            self.recorder.set_tags({PRUNED_TAG: str(epoch + 1)})
+            raise

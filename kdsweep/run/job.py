@@ -1,0 +1,63 @@
+"""What one Hydra job runs: a single run, or a fused sweep job training several trials at once.
+
+A fused job (``sweep.members_file`` set by the kdsweep Optuna sweeper) reads the composed configs
+of its member trials from that file, trains them as one cohort, and returns one outcome per trial
+number: the objective, or ``{"pruned": epoch}``, or ``{"error": reason}``. A single job returns
+its objective (best validation accuracy, %).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdsweep.engine import DONE, PRUNED
+from kdsweep.errors import Pruned
+from kdsweep.run.pipeline import run, run_cohort
+from kdsweep.run.plan import Job
+
+
+def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) -> float | dict:
+    members_file = cfg.get("sweep", {}).get("members_file") if cfg.get("sweep") else None
+    if members_file:
+        return run_fused(Path(members_file), Path(output_dir), cfg)
+    try:
+        return run(cfg, output_dir=output_dir, overrides=overrides,
+                   label=_label(cfg)).best_val_acc
+    except Pruned as e:
+        import optuna  # the sweeper records a trial that raised TrialPruned as PRUNED
+
+        raise optuna.TrialPruned(str(e)) from None
+
+
+def _label(cfg: DictConfig) -> str | None:
+    n = cfg.get("sweep", {}).get("trial_number") if cfg.get("sweep") else None
+    return None if n is None else f"t{int(n):02d}"
+
+
+def run_fused(members_file: Path, output_dir: Path, job_cfg: DictConfig) -> dict[int, Any]:
+    """Train the member trials listed in ``members_file`` as one cohort."""
+    spec = json.loads(members_file.read_text())
+    jobs = []
+    for m in spec["members"]:
+        # The member's own composed config; where to record (which may hold credentials, masked
+        # in the file) comes from this job's config.
+        cfg = OmegaConf.create({**m["config"],
+                                "tracking": OmegaConf.to_container(job_cfg.tracking),
+                                "sweep": {**OmegaConf.to_container(job_cfg.sweep),
+                                          "trial_number": int(m["number"]), "members_file": None}})
+        jobs.append(Job(cfg, output_dir.parent / str(m["number"]), list(m["overrides"]),
+                        label=m.get("label") or f"t{int(m['number']):02d}"))
+    results = run_cohort(jobs)
+    out: dict[int, Any] = {}
+    for m, r in zip(spec["members"], results, strict=True):
+        if r.status == DONE:
+            out[int(m["number"])] = r.best_val_acc
+        elif r.status == PRUNED:
+            out[int(m["number"])] = {"pruned": getattr(r.error, "epoch", None)}
+        else:
+            out[int(m["number"])] = {"error": f"{type(r.error).__name__}: {r.error}"}
+    return out

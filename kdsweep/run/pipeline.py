@@ -1,0 +1,228 @@
+"""One run, top to bottom: config -> data -> teacher -> students and methods -> trainer -> record.
+
+:func:`run` trains (``method=ce``) or distils one student; :func:`run_cohort` trains several
+members on one batch stream and one teacher pass (a fused sweep job). A single run is a cohort of
+one, so both take the same path. ``run.py`` is a thin Hydra entry point around them; tests call
+them through Hydra's compose API with the real ``conf/``. A crashed run is resumed in its own
+MLflow run (:mod:`kdsweep.run.resume`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from kdsweep.config import validate
+from kdsweep.config.cohort import differences
+from kdsweep.data import DataBundle, build_data
+from kdsweep.data.build import launch_dir
+from kdsweep.engine import (
+    DONE,
+    PRUNED,
+    Cohort,
+    Member,
+    RngStream,
+    budget,
+    describe_device,
+    evaluate,
+    load_checkpoint,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
+from kdsweep.errors import ConfigError
+from kdsweep.methods import create_method
+from kdsweep.models import count_macs, count_parameters, create_model
+from kdsweep.run import record
+from kdsweep.run.plan import Job, Plan, RunResult
+from kdsweep.run.resume import find_resumable, run_key
+from kdsweep.run.teachers import Teacher, load_recorded, resolve_teacher
+from kdsweep.tracking import absolute_uri, open_store
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None = None,
+        data: DataBundle | None = None, label: str | None = None) -> RunResult:
+    """Train or distil one student as configured; raises the member's error if it did not finish
+    (:class:`~kdsweep.errors.TrainingDiverged`, :class:`~kdsweep.errors.Pruned`, ...)."""
+    [result] = run_cohort([Job(cfg, Path(output_dir), list(overrides or []), label)], data=data)
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[RunResult]:
+    """Train ``jobs`` as one cohort; one :class:`RunResult` per job, in order."""
+    plans = [_plan(job) for job in jobs]  # every value checked before any work
+    check_shared(plans)
+    cfg = plans[0].cfg
+    device = resolve_device(cfg.device)
+    if cfg.get("cpu_threads"):
+        # Parallel runs on one machine must share the cores: oversubscribed OpenMP threads spin
+        # and were measured 7-10x slower here (docs/benchmarks.md).
+        torch.set_num_threads(int(cfg.cpu_threads))
+    precision = resolve_precision(cfg.precision, device)
+    seed_everything(int(cfg.seed), bool(cfg.deterministic))
+    if data is None:
+        data = build_data(cfg.dataset, batch_size=int(cfg.schedule.batch_size),
+                          eval_batch_size=int(cfg.schedule.eval_batch_size), device=device,
+                          seed=int(cfg.seed))
+    uri = absolute_uri(str(cfg.tracking.uri), launch_dir())
+    experiment_id = open_store(uri, str(cfg.tracking.experiment), launch_dir() / cfg.tracking.lock_dir)
+    client = MlflowClient(tracking_uri=uri)
+    if cfg.resume:
+        for p in plans:
+            p.previous = find_resumable(client, experiment_id, p.key)
+    teacher = _teacher(plans, data, client, experiment_id)
+    if teacher is not None:
+        teacher.model.to(device)
+    env = record.Env(uri=uri, experiment_id=experiment_id, device=describe_device(device),
+                     precision=precision.name, data=data, teacher=teacher)
+    if teacher is not None:  # counted before the cohort freezes it (frozen weights are not counted)
+        env.teacher_stats = {"teacher_params": count_parameters(teacher.model),
+                             "teacher_macs": count_macs(teacher.model, data.image_size, device=device)}
+    for p in plans:
+        p.member = _member(p, data, device)
+    parts = _fit_in_memory(plans, data, device, teacher)
+    if len(parts) > 1:  # too big for the device: train it in consecutive cohorts that fit
+        print(f"kdsweep: {len(plans)} members do not fit in memory at once: training them as "
+              f"{len(parts)} cohorts of {', '.join(str(len(q)) for q in parts)}", flush=True)
+        for p in plans:
+            p.member = None  # the parts build their own students
+        results: list[RunResult] = []
+        for part in parts:
+            results += run_cohort([q.job for q in part], data=data)
+        return results
+    cohort = Cohort([p.member for p in plans], data, epochs=int(cfg.schedule.epochs),
+                    batch_size=int(cfg.schedule.batch_size), precision=precision,
+                    teacher=teacher.model if teacher else None,
+                    teacher_arch=teacher.arch if teacher else None,
+                    limit_train_batches=cfg.train.limit_train_batches,
+                    limit_val_batches=cfg.train.limit_val_batches, progress=cfg.train.progress,
+                    channels_last=bool(cfg.train.channels_last))
+    if teacher is not None and any(p.previous is None for p in plans):
+        env.teacher_acc = evaluate(cohort.teacher_fwd or teacher.model, data.val, precision,
+                                   cfg.train.limit_val_batches)[1]
+    started = time.perf_counter()
+    try:
+        for p in plans:
+            _resume_state(p)
+            p.recorder = record.start(p, env)
+        cohort.fit()
+    except BaseException as err:
+        record.abort(plans, err)
+        raise
+    finally:
+        cohort.close()
+    wall = time.perf_counter() - started
+    results = [record.finish(p, env, wall) for p in plans]
+    print(record.summary(plans, env, results), flush=True)
+    return results
+
+
+def _plan(job: Job) -> Plan:
+    """Validate one member's config and create its method (checks its hyper-parameters)."""
+    validate(job.cfg)
+    method = create_method(job.cfg.method)
+    composed = OmegaConf.to_container(job.cfg, resolve=True)
+    if not method.needs_teacher:
+        composed.pop("teacher", None)
+    return Plan(job, method, composed, run_key(composed))
+
+
+def check_shared(plans: Sequence[Plan]) -> None:
+    """Members of one cohort must share the data stream and the teacher (kdsweep.config.cohort)."""
+    first = OmegaConf.to_container(plans[0].cfg, resolve=True)
+    for p in plans[1:]:
+        diff = differences(first, OmegaConf.to_container(p.cfg, resolve=True))
+        if diff:
+            raise ConfigError(f"members of one cohort differ in {', '.join(diff)}; those keys must "
+                              "be equal (see kdsweep/config/cohort.py)")
+
+
+def _teacher(plans: Sequence[Plan], data: DataBundle, client: MlflowClient,
+             experiment_id: str) -> Teacher | None:
+    """The one teacher of the cohort: the one a resumed member recorded, else found or trained."""
+    if not any(p.method.needs_teacher for p in plans):
+        return None
+    cfg = plans[0].cfg
+    for p in plans:
+        if p.previous is not None and p.previous.run.data.tags.get("teacher_source"):
+            return load_recorded(client, p.previous.run.data.tags, cfg.teacher.name, data.num_classes)
+
+    def train_teacher() -> str:
+        out = plans[0].job.output_dir / "teacher"
+        return run(teacher_cfg(cfg), output_dir=out, data=data, label="teacher").run_id
+
+    return resolve_teacher(client, arch=cfg.teacher.name, checkpoint=cfg.teacher.get("checkpoint"),
+                           dataset=data.name, num_classes=data.num_classes,
+                           experiment_id=experiment_id,
+                           lock_dir=launch_dir() / cfg.tracking.lock_dir, train=train_teacher)
+
+
+def teacher_cfg(cfg: DictConfig) -> DictConfig:
+    """The ``ce`` run that trains ``cfg``'s teacher: same data, schedule and seed."""
+    t = OmegaConf.to_container(cfg, resolve=True)
+    t["method"] = {"name": "ce"}
+    t["student"] = {"name": cfg.teacher.name, "pretrained": bool(cfg.teacher.get("pretrained"))}
+    t["teacher"] = None
+    t["sweep"] = {}  # an auto-trained teacher is not a trial of the sweep
+    return OmegaConf.create(t)
+
+
+def _member(p: Plan, data: DataBundle, device: torch.device) -> Member:
+    """The member's student, initialised exactly as in its solo run (seeded just before)."""
+    cfg = p.cfg
+    seed_everything(int(cfg.seed), bool(cfg.deterministic))
+    student = create_model(cfg.student.name, num_classes=data.num_classes,
+                           pretrained=bool(cfg.student.get("pretrained", False))).to(device)
+    p.method.to(device)
+    p.stats = {"student_params": count_parameters(student),
+               "student_macs": count_macs(student, data.image_size, device=device)}
+    schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
+    return Member(record.run_name(p), student, p.method, schedule, arch=cfg.student.name,
+                  rng=RngStream(device))
+
+
+def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device,
+                   teacher: Teacher | None) -> list[list[Plan]]:
+    """The cohort, or its parts that fit the device's free memory (``train.fuse_memory``)."""
+    if len(plans) == 1:
+        return [list(plans)]
+    x = next(iter(data.train))[0][:2]
+    cfg = plans[0].cfg
+    bs = int(cfg.schedule.batch_size)
+    needs = [budget.member_bytes(p.member.student, p.method.extra_parameters(),
+                                 str(p.cfg.schedule.optimizer), bs, p.member.student, x)
+             for p in plans]
+    fixed = budget.teacher_bytes(teacher.model, teacher.model, x, bs) if teacher else 0
+    room = int(budget.available_bytes(device) * budget.SAFETY) - fixed
+    k = budget.fit_count(needs, room)
+    if k >= len(plans):
+        return [list(plans)]
+    if cfg.train.fuse_memory == "refuse":
+        raise ConfigError(
+            f"a cohort of {len(plans)} members needs about {budget.fmt_bytes(sum(needs) + fixed)} "
+            f"on {device.type} but {budget.fmt_bytes(room + fixed)} is free: at most {k} fit; set "
+            f"hydra.sweeper.fuse={k}, or train.fuse_memory=split to train it in parts")
+    return [list(plans[i:i + k]) for i in range(0, len(plans), k)]
+
+
+def _resume_state(p: Plan) -> None:
+    """Continue a resumed member from its ``last.pt`` (exactly: weights, optimiser, RNG, history)."""
+    if p.previous is None or p.previous.checkpoint is None:
+        return
+    state = load_checkpoint(p.previous.checkpoint)
+    p.member.load_state_dict(state["trainer"])
+    print(f"kdsweep: resuming MLflow run {p.previous.run_id} after epoch {p.member.start_epoch} "
+          f"from {p.previous.checkpoint}", flush=True)
+
+
+__all__ = ["DONE", "PRUNED", "Job", "RunResult", "check_shared", "run", "run_cohort", "teacher_cfg"]

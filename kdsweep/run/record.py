@@ -1,0 +1,203 @@
+"""The record of each member: its MLflow run from start to finish, and the summary printed at the end.
+
+Every run records its composed config (credentials masked), overrides, package versions, device,
+per-epoch metrics, costs, teacher link, checkpoints and the reason it failed, if it did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdsweep import liveness
+from kdsweep.data import DataBundle
+from kdsweep.engine import DIVERGED, DONE, FAILED, PRUNED
+from kdsweep.run.callbacks import Checkpoints, EpochMetrics, PruningReports
+from kdsweep.run.plan import Plan, RunResult
+from kdsweep.run.resume import OWNER_TAG, RESUME_PATH_TAG, RUN_KEY_TAG, logged_epochs
+from kdsweep.run.teachers import CHECKPOINT_ARTIFACT, Teacher
+from kdsweep.sweep.trial import TrialReporter, parent_tags
+from kdsweep.tracking import (
+    RunRecorder,
+    flatten,
+    mask_text,
+    mask_url,
+    package_versions,
+    runs_link,
+    ui_command,
+)
+
+STATUS = {DONE: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", FAILED: "FAILED"}
+
+
+@dataclass
+class Env:
+    """What the members of a cohort share, for their records."""
+
+    uri: str
+    experiment_id: str
+    device: str
+    precision: str
+    data: DataBundle
+    teacher: Teacher | None
+    teacher_stats: dict[str, float] = field(default_factory=dict)
+    teacher_acc: float | None = None
+
+
+def run_name(p: Plan) -> str:
+    cfg = p.cfg
+    if p.job.label == "teacher":
+        return f"teacher {cfg.student.name}"
+    base = (f"{p.method.name} {cfg.teacher.name}->{cfg.student.name}" if p.method.needs_teacher
+            else f"{p.method.name} {cfg.student.name}")
+    return f"{p.job.label} {base}" if p.job.label else base
+
+
+def _checkpoint_dir(p: Plan) -> Path:
+    if p.previous is not None and p.previous.checkpoint is not None:
+        return p.previous.checkpoint.parent
+    return p.job.output_dir / "checkpoints"
+
+
+def start(p: Plan, env: Env) -> RunRecorder:
+    """Open (or reopen, when resuming) the member's MLflow run and attach its callbacks."""
+    assert p.member is not None
+    ckpt = Checkpoints(_checkpoint_dir(p), every=int(p.cfg.train.checkpoint_every),
+                       epochs=int(p.cfg.schedule.epochs),
+                       header={"arch": p.cfg.student.name, "num_classes": env.data.num_classes,
+                               "config": p.masked})
+    tags = {"dataset": env.data.name, "num_classes": str(env.data.num_classes),
+            "method": p.method.name, "student": p.cfg.student.name,
+            "teacher": env.teacher.arch if env.teacher and p.method.needs_teacher else "none",
+            "device": env.device, "precision": env.precision, RUN_KEY_TAG: p.key,
+            RESUME_PATH_TAG: str(ckpt.last.resolve()), OWNER_TAG: liveness.owner_tag(),
+            **parent_tags(p.cfg.get("sweep"))}
+    fresh = p.previous is None or p.previous.checkpoint is None
+    rec = RunRecorder.start(env.uri, env.experiment_id, run_name=run_name(p), tags=tags,
+                            resume_run_id=p.previous.run_id if p.previous else None,
+                            description=_description(p))
+    if fresh:
+        _log_setup(rec, p, env)
+    else:  # epochs saved in last.pt whose metrics never reached MLflow (killed in between)
+        logged = logged_epochs(rec.client, rec.run_id)
+        for h in p.member.result.history:
+            if h["epoch"] + 1 not in logged:
+                rec.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
+    p.member.callbacks = [ckpt, EpochMetrics(rec)]
+    reporter = TrialReporter.from_cfg(p.cfg.get("sweep"))
+    if reporter is not None:
+        p.member.callbacks.append(PruningReports(reporter, rec))
+    return rec
+
+
+def _description(p: Plan) -> str:
+    what = "trains a teacher" if p.job.label == "teacher" else (
+        f"distils {p.cfg.teacher.name} into {p.cfg.student.name}" if p.method.needs_teacher
+        else f"trains {p.cfg.student.name} alone")
+    varied = f" Trial of a sweep: {p.job.label}." if p.job.label and p.job.label != "teacher" else ""
+    return f"kdsweep {p.method.name} run: {what} on {p.cfg.dataset.name}.{varied}"
+
+
+def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
+    rec.log_params({**flatten(p.masked),
+                    "overrides": mask_text(" ".join(p.job.overrides)) or "(none)"})
+    rec.set_tags({f"env.{k}": v for k, v in package_versions().items()})
+    rec.log_dict(p.masked, "config.yaml")
+    rec.log_metrics({**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
+                     "method_extra_params": p.method.extra_parameters(),
+                     **({"compression_ratio": p.stats["student_params"]
+                         / env.teacher_stats["teacher_params"]}
+                        if env.teacher_stats and p.method.needs_teacher else {})})
+    hydra_dir = p.job.output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        rec.log_artifacts(hydra_dir, "hydra")
+    t = env.teacher
+    if t is not None and p.method.needs_teacher:
+        rec.set_tags({"teacher_source": t.source, "teacher_path": mask_url(t.path),
+                      "teacher_run_id": t.run_id or ""})
+        if env.teacher_acc is not None:
+            rec.log_metrics({"teacher_val_acc": env.teacher_acc})
+
+
+def abort(plans: Sequence[Plan], err: BaseException) -> None:
+    """The cohort died: every open run is marked FAILED with the reason (not on Ctrl-C / kill,
+    where the run stays resumable as it is)."""
+    if isinstance(err, KeyboardInterrupt):
+        return
+    for p in plans:
+        if p.recorder is None:
+            continue
+        with contextlib.suppress(Exception):
+            p.recorder.set_tags({"kdsweep.error": f"{type(err).__name__}: {err}"[:5000]})
+            p.recorder.end("FAILED")
+
+
+def finish(p: Plan, env: Env, wall: float) -> RunResult:
+    """Final metrics and the best checkpoint of a finished member; status and reason otherwise."""
+    m, rec = p.member, p.recorder
+    assert m is not None and rec is not None
+    r = m.result
+    ckpt = _checkpoint_dir(p) / "best.pt"
+    if m.status == DONE:
+        rec.log_metrics({"best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch + 1,
+                         "final_val_acc": r.final_val_acc, "final_train_acc": r.final_train_acc,
+                         "train_val_gap": r.train_val_gap, "wall_time_s": wall})
+        if ckpt.is_file():
+            rec.log_artifact(ckpt, Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+    elif m.error is not None and m.status != PRUNED:
+        rec.set_tags({"kdsweep.error": f"{type(m.error).__name__}: {m.error}"[:5000]})
+    rec.end(STATUS[m.status])
+    return RunResult(rec.run_id, m.status, r.best_val_acc, r.final_val_acc, env.teacher_acc,
+                     ckpt, m.error)
+
+
+# ---------------------------------------------------------------------------------- summary
+def fmt_count(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
+
+
+def summary(plans: Sequence[Plan], env: Env, results: Sequence[RunResult]) -> str:
+    """What a user reads when the run ends: data, device, accuracies, costs, where to look."""
+    d, first = env.data, plans[0]
+    resumed = first.member.start_epoch if first.previous and first.previous.checkpoint else 0
+    what = f"cohort of {len(plans)} runs" if len(plans) > 1 else (
+        "teacher run" if first.job.label == "teacher" else f"{first.method.name} run")
+    lines = [f"kdsweep: {what} finished on {d.name} ({d.num_train} train / {d.num_val} val "
+             f"images, {d.num_classes} classes) on {env.device}"
+             + (f", resumed after epoch {resumed}" if resumed else "")]
+    t = env.teacher
+    if t is not None and env.teacher_stats:
+        where = {"checkpoint": mask_url(t.path), "mlflow": f"MLflow run {t.run_id}",
+                 "trained": f"trained now, MLflow run {t.run_id}"}[t.source]
+        acc = f"{env.teacher_acc:6.2f}%" if env.teacher_acc is not None else "   n/a"
+        lines.append(f"  teacher {t.arch:<12} {fmt_count(env.teacher_stats['teacher_params']):>7} "
+                     f"params {fmt_count(env.teacher_stats['teacher_macs']):>8} MACs  val acc "
+                     f"{acc}  ({where})")
+    for p, res in zip(plans, results, strict=True):
+        lines.append(_member_line(p, res, role="teacher" if p.job.label == "teacher" else "student"))
+    lines += [f"  MLflow: {'run ' + results[0].run_id if len(plans) == 1 else 'runs above'} in "
+              f"experiment '{first.cfg.tracking.experiment}' (id {env.experiment_id}) at "
+              f"{mask_url(env.uri)}",
+              f"  checkpoints: {_checkpoint_dir(first)}" + ("  (best.pt, last.pt)" if len(plans) == 1
+                                                             else " (and the other members')"),
+              f"  open the MLflow UI: {ui_command(env.uri)}",
+              f"  then: {runs_link(env.experiment_id, results[0].run_id if len(plans) == 1 else None)}"]
+    return "\n".join(lines)
+
+
+def _member_line(p: Plan, res: RunResult, role: str) -> str:
+    m = p.member
+    head = (f"  {role} {p.cfg.student.name:<12} {fmt_count(p.stats['student_params']):>7} params "
+            f"{fmt_count(p.stats['student_macs']):>8} MACs")
+    if res.status != DONE:
+        return f"{head}  {res.status}: {res.error}"
+    r = m.result
+    return (f"{head}  val acc {r.best_val_acc:6.2f}% best (epoch {r.best_epoch + 1}), "
+            f"{r.final_val_acc:.2f}% final, train-val gap {r.train_val_gap:+.2f}")
+
+
+__all__ = ["Env", "abort", "finish", "run_name", "start", "summary"]
+
+

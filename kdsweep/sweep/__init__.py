@@ -1,0 +1,1 @@
+"""Sweeps: the search space, the study driver behind the Hydra plugin, fused jobs, the job side."""

@@ -1,0 +1,95 @@
+"""Atomic claims in the study's database: one grid point -> one live trial, one parent run.
+
+Optuna's own queue (``enqueue_trial`` + ``ask``) and its GridSampler can hand the same point to two
+processes that share a study (the WAITING -> RUNNING check is a read then a write, not atomic on
+SQLite). kdsweep adds one small table, ``kdsweep_claims``, to the study's database and claims each
+point with an INSERT (the primary key makes a second INSERT fail) or, to retake a point whose trial
+failed, with a compare-and-set UPDATE (``... WHERE value = <old>``, exactly one row or none).
+Both are atomic on SQLite, PostgreSQL and MySQL; nothing relies on file locks, so sweepers on
+several machines sharing a PostgreSQL study are covered too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+TABLE = "kdsweep_claims"
+PENDING = "pending:"
+
+
+@dataclass
+class Claim:
+    study: str
+    key: str
+    value: str
+    claimed_at: float
+
+    @property
+    def pending(self) -> bool:
+        return self.value.startswith(PENDING)
+
+
+class Claims:
+    def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None):
+        self.engine = sa.create_engine(url, **(engine_kwargs or {}))
+        meta = sa.MetaData()
+        self.table = sa.Table(
+            TABLE, meta,
+            sa.Column("study", sa.String(512), primary_key=True),
+            sa.Column("key", sa.String(1024), primary_key=True),
+            sa.Column("value", sa.String(512), nullable=False),
+            sa.Column("claimed_at", sa.Float, nullable=False),
+        )
+        try:
+            meta.create_all(self.engine, checkfirst=True)
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.IntegrityError):
+            # Another process created it between our check and our CREATE TABLE (PostgreSQL
+            # reports that as a unique violation in its catalogue).
+            if not sa.inspect(self.engine).has_table(TABLE):
+                raise
+
+    def get(self, study: str, key: str) -> Claim | None:
+        t = self.table
+        with self.engine.connect() as c:
+            row = c.execute(sa.select(t).where(t.c.study == study, t.c.key == key)).first()
+        return Claim(*row) if row else None
+
+    def all(self, study: str) -> dict[str, Claim]:
+        t = self.table
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(t).where(t.c.study == study)).all()
+        return {r.key: Claim(*r) for r in rows}
+
+    def insert(self, study: str, key: str, value: str) -> bool:
+        """Claim ``key`` if nobody has; True if this call did."""
+        try:
+            with self.engine.begin() as c:
+                c.execute(sa.insert(self.table).values(study=study, key=key, value=value,
+                                                       claimed_at=time.time()))
+        except sa_exc.IntegrityError:
+            return False
+        return True
+
+    def swap(self, study: str, key: str, old: str, new: str) -> bool:
+        """Compare-and-set: replace ``old`` by ``new``; True if this call did."""
+        t = self.table
+        with self.engine.begin() as c:
+            res = c.execute(sa.update(t).where(t.c.study == study, t.c.key == key, t.c.value == old)
+                            .values(value=new, claimed_at=time.time()))
+        return res.rowcount == 1
+
+    def claim(self, study: str, key: str, current: Claim | None) -> str | None:
+        """Take ``key`` (free, or ``current`` was judged stale by the caller); returns a token."""
+        token = f"{PENDING}{uuid.uuid4().hex}"
+        if current is None:
+            return token if self.insert(study, key, token) else None
+        return token if self.swap(study, key, current.value, token) else None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,96 @@
+"""What a sweep leaves behind: ``sweep.json``, the parent run's summary metrics, the report."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from kdsweep.sweep.parent import ParentRun
+from kdsweep.sweep.space import format_override, format_value
+from kdsweep.sweep.storage import short
+from kdsweep.tracking import mask_tree, mask_url, runs_link
+
+log = logging.getLogger(__name__)
+
+
+def write_sweep_json(info: Mapping[str, Any], folders: Iterable[Path], parent: ParentRun) -> None:
+    """The sweep's definition (credentials masked) in each folder and as a parent artifact."""
+    text = json.dumps(mask_tree(dict(info)), indent=2, default=str)
+    for d in folders:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "sweep.json").write_text(text + "\n")
+    with contextlib.suppress(Exception):
+        parent.client.log_text(parent.run_id, text, "sweep.json")
+
+
+def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], study_dir: Path,
+              report: Mapping[str, Any]) -> None:
+    """Counts and the best trial on the parent run and stdout, then the report's tables."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
+    metrics = {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
+               "n_failed": counts[TrialState.FAIL], "n_running": counts[TrialState.RUNNING]}
+    best = None
+    with contextlib.suppress(ValueError):
+        best = study.best_trial
+    tags: dict[str, Any] = {}
+    if best is not None:
+        metrics["best_val_acc"] = float(best.value)
+        tags["best.trial"] = best.number
+        tags["best.overrides"] = " ".join(format_override(k, v) for k, v in best.params.items())
+        tags.update({f"best.params.{k}": format_value(v) for k, v in best.params.items()})
+        children = parent.child_of_trial(best.number)
+        if children:
+            tags["best.run_id"] = children[0].info.run_id
+    parent.log_metrics(metrics)
+    parent.set_tags(tags)
+    results = {"name": study.study_name, "best_value": metrics.get("best_val_acc"),
+               "best_params": dict(best.params) if best else None}
+    (study_dir / "optimization_results.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(results)))
+    lines = [f"kdsweep: study {study.study_name}: {metrics['n_complete']} complete, "
+             f"{metrics['n_pruned']} pruned, {metrics['n_failed']} failed"
+             + (f", {metrics['n_running']} running" if metrics["n_running"] else "")]
+    if best is not None:
+        lines.append(f"  best {best.value:.4g} (trial {best.number}): {tags['best.overrides']}")
+    lines.append(f"  MLflow parent run {parent.run_id} (experiment {info['experiment']}) at "
+                 f"{mask_url(str(info['tracking_uri']))}: {runs_link(parent.experiment_id)}")
+    lines.append(f"  study {study.study_name} in {mask_url(str(info['storage']))}; "
+                 f"study dir {study_dir}")
+    print("\n".join(lines), flush=True)
+    if report.get("enabled", True):
+        try:
+            from kdsweep.report import write_report
+
+            rep = write_report(study_dir, metric=report.get("metric") or "best_val_acc",
+                               log_to_parent=True)
+            print(rep.markdown, flush=True)
+            print(f"  report: {rep.markdown_path}", flush=True)
+        except Exception as e:  # a report problem must not lose the sweep's results
+            log.warning("could not write the sweep report: %s: %s", type(e).__name__, e)
+
+
+def parent_params(s: Any, space: Any, study_name: str) -> dict[str, str]:
+    """The sweep's definition as the parent's params: only the parent carries the space."""
+    p = {"sweep.study_name": study_name,
+         "sweep.sampler": short(s.sampler.get("_target_", "")),
+         "sweep.pruner": short(s.pruner.get("_target_", "")),
+         "sweep.direction": s.direction, "sweep.fuse": str(s.fuse),
+         "sweep.fixed_overrides": " ".join(space.fixed) or "(none)"}
+    p.update({f"sweep.sampler.{k}": str(v) for k, v in s.sampler.items()
+              if k != "_target_"})
+    p.update({f"sweep.pruner.{k}": str(v) for k, v in s.pruner.items()
+              if k != "_target_"})
+    for k, d in space.describe()["params"].items():
+        p[f"sweep.space.{k}"] = json.dumps(d, default=str)
+    if space.points is not None and s.points is not None:
+        p["sweep.points"] = json.dumps([{"label": pt.label, **pt.values}
+                                        for pt in space.points], default=str)
+    return p

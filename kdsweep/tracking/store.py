@@ -1,0 +1,158 @@
+"""Opening the MLflow store: checked URIs, safe concurrent first use, a clear line when it is broken.
+
+Default store: ``sqlite:///mlflow.db`` in the launch directory; ``MLFLOW_TRACKING_URI`` (or
+``tracking.uri=...``) overrides it, e.g. ``postgresql://user@host/db`` shared by several machines.
+
+Several processes that open a *fresh* SQLite store at once race in MLflow's schema migration
+(measured here: 3 of 4 simultaneous first runs died, and one left ``_alembic_tmp_params`` behind so
+that every later run failed). :func:`open_store` therefore creates or upgrades a store under a file
+lock, and recovers a half-migrated SQLite store that holds no runs yet by moving it aside. Stores on
+a database server are migrated once too (the lock covers one machine; the sweeper opens the store
+before it launches any worker, and transient "already exists" errors are retried).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from filelock import FileLock
+from mlflow.tracking import MlflowClient
+
+from kdsweep.errors import TrackingError
+from kdsweep.tracking.retries import retry
+from kdsweep.tracking.secrets import mask_url
+
+log = logging.getLogger(__name__)
+
+#: URI schemes MLflow can track to (database drivers may follow the dialect: postgresql+psycopg).
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+
+
+def absolute_uri(uri: str, base: Path) -> str:
+    """A tracking URI that means the same from any directory (relative SQLite/file paths)."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = uri[len("sqlite:///"):]
+        if path and path != ":memory:" and not Path(path).is_absolute():
+            return f"sqlite:///{(base / path).resolve()}"
+    if "://" not in uri and not Path(uri).is_absolute():
+        return str((base / uri).resolve())
+    return uri
+
+
+def check_uri(uri: str) -> None:
+    """Refuse a URI MLflow cannot use, in one line, before anything is created."""
+    if "://" not in uri:
+        return  # a local directory (MLflow's file store)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise TrackingError(f"tracking.uri={mask_url(uri)!r} has an unknown scheme {scheme!r}; "
+                            f"valid: sqlite:///PATH, postgresql://..., mysql://..., "
+                            f"http(s)://SERVER, file:///DIR or a directory")
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            return Path(path)
+    return None
+
+
+def _check_sqlite_file(path: Path, uri: str) -> None:
+    where = mask_url(uri)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists():
+        if not os.access(path, os.R_OK | os.W_OK) or not os.access(folder, os.W_OK):
+            raise TrackingError(f"tracking.uri={where}: {path} (or its folder) is not writable; "
+                                "fix its permissions or set tracking.uri to a writable store")
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise TrackingError(f"tracking.uri={where}: {path} is not an SQLite database; move it "
+                                "away or set tracking.uri to another store")
+    elif not folder.exists() or not os.access(folder, os.W_OK):
+        raise TrackingError(f"tracking.uri={where}: cannot create {path}: its folder is missing or "
+                            "not writable")
+
+
+def _lock_for(uri: str, lock_dir: Path) -> FileLock:
+    path = sqlite_path(uri)
+    if path is not None:
+        return FileLock(str(path) + ".kdsweep.lock")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(mask_url(uri).encode()).hexdigest()[:16]
+    return FileLock(str(lock_dir / f"tracking-{digest}.lock"))
+
+
+def _holds_runs(path: Path) -> bool:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+            return bool(con.execute("select count(*) from runs").fetchone()[0])
+    except sqlite3.Error:
+        return False  # no runs table: nothing to lose
+
+
+def _open(uri: str, experiment: str) -> str:
+    # MLflow creates (migrates) a database store when the client is built: another machine may be
+    # doing the same at this moment, which a retry outlives ("duplicate key value", "exists").
+    client = retry(lambda: _client_with_store(uri))
+    exp = retry(client.get_experiment_by_name, experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return retry(client.create_experiment, experiment)
+    except Exception:  # created meanwhile by another process
+        exp = retry(client.get_experiment_by_name, experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _client_with_store(uri: str) -> MlflowClient:
+    client = MlflowClient(tracking_uri=uri)
+    client.search_experiments(max_results=1)  # touches the store: creates or checks its schema
+    return client
+
+
+def open_store(uri: str, experiment: str, lock_dir: str | Path = ".kdsweep/locks") -> str:
+    """Create or upgrade the store at ``uri`` once, select ``experiment``; returns its id.
+
+    Raises :class:`TrackingError` (one line) for a store that cannot be used.
+    """
+    check_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite_file(path, uri)
+    with _lock_for(uri, Path(lock_dir)):
+        try:
+            return _open(uri, experiment)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            if path is None or _holds_runs(path):
+                raise TrackingError(f"tracking.uri={mask_url(uri)}: the MLflow store cannot be "
+                                    f"opened ({first}); run `mlflow db upgrade {mask_url(uri)}` "
+                                    "or point tracking.uri elsewhere") from None
+            # A half-migrated store without runs (an interrupted first use): start it again.
+            aside = path.with_name(f"{path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(path, aside)
+            log.warning("MLflow store %s was half-created (%s) and held no runs: moved to %s and "
+                        "created anew", path, first, aside)
+            return _open(uri, experiment)
+
+
+def ui_command(uri: str) -> str:
+    """How to open the MLflow UI on this store (bound to the loopback interface only)."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {mask_url(uri)} in a browser (the tracking server's UI)"
+    return f"mlflow ui --backend-store-uri {mask_url(uri)} --host 127.0.0.1 --port 5000 --workers 1"
+
+
+def runs_link(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
+    """A link that opens the model-training runs view (not the GenAI overview) of the local UI."""
+    base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
+    return f"{base}/runs/{run_id}" if run_id else f"{base}/runs"

@@ -1,0 +1,121 @@
+"""The cohort engine: members trained together compute exactly what they compute alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsweep.engine import load_checkpoint, save_checkpoint
+from kdsweep.models import create_model
+from kdsweep.run import Job, run, run_cohort
+
+TINY = ["schedule.epochs=2", "train.limit_train_batches=3", "train.limit_val_batches=1",
+        "schedule.eval_batch_size=200", "train.progress=false", "precision=fp32"]
+MEMBERS = [
+    ["method=kd", "method.alpha=0.5", "method.T=2"],
+    ["method=kd", "method.alpha=0.9", "method.T=8", "schedule.lr=0.1"],
+    ["method=at", "student=resnet14"],                  # features, another student
+    ["method=ce"],                                      # no teacher at all
+]
+KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")
+
+
+@pytest.fixture
+def teacher(tmp_path: Path) -> str:
+    torch.manual_seed(1)
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, {"arch": "resnet14", "num_classes": 10,
+                           "model": create_model("resnet14", num_classes=10).state_dict()})
+    return str(path)
+
+
+def history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
+    metrics = client.get_run(run_id).data.metrics
+    keys = [k for k in metrics if k in KEYS or k.startswith("loss_")]
+    return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
+            for k in keys}
+
+
+def weights(result) -> dict[str, torch.Tensor]:
+    return load_checkpoint(result.checkpoint.parent / "last.pt")["trainer"]["model"]
+
+
+def test_members_match_their_solo_runs_bit_for_bit(compose, teacher, tmp_path, monkeypatch):
+    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={teacher}"]
+    cfgs = [compose([*base, *m]) for m in MEMBERS]
+    monkeypatch.chdir(tmp_path)
+    solo_uri = f"sqlite:///{tmp_path / 'solo.db'}"
+    solo = []
+    for i, m in enumerate(MEMBERS):
+        cfg = compose([*base, *m, f"tracking.uri={solo_uri}"])
+        solo.append(run(cfg, output_dir=tmp_path / f"solo{i}"))
+    fused_uri = f"sqlite:///{tmp_path / 'fused.db'}"
+    jobs = [Job(compose([*base, *m, f"tracking.uri={fused_uri}"]), tmp_path / f"fused{i}", m)
+            for i, m in enumerate(MEMBERS)]
+    fused = run_cohort(jobs)
+    assert len(cfgs) == len(fused) and all(r.status == "done" for r in fused)
+    cs, cf = MlflowClient(solo_uri), MlflowClient(fused_uri)
+    for s, f in zip(solo, fused, strict=True):
+        hs, hf = history(cs, s.run_id), history(cf, f.run_id)
+        assert hs.keys() == hf.keys() and hs  # loss terms included
+        assert hs == hf  # bit for bit: == on floats
+        assert s.best_val_acc == f.best_val_acc
+        ws, wf = weights(s), weights(f)
+        assert ws.keys() == wf.keys() and all(torch.equal(ws[k], wf[k]) for k in ws)
+    sizes = {cf.get_metric_history(f.run_id, "cohort_size")[0].value for f in fused}
+    assert sizes == {float(len(MEMBERS))}
+
+
+def test_a_diverging_member_leaves_and_the_others_finish(compose, teacher, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={teacher}",
+            f"tracking.uri={uri}"]
+    jobs = [Job(compose([*base, "method=kd"]), tmp_path / "a"),
+            Job(compose([*base, "method=kd", "schedule.lr=1e30", "schedule.warmup_epochs=0"]),
+                tmp_path / "b")]
+    ok, bad = run_cohort(jobs)
+    assert ok.status == "done" and bad.status == "diverged"
+    assert "non-finite" in str(bad.error)
+    client = MlflowClient(uri)
+    assert client.get_run(ok.run_id).info.status == "FINISHED"
+    r = client.get_run(bad.run_id)
+    assert r.info.status == "FAILED" and "non-finite" in r.data.tags["kdsweep.error"]
+
+
+def test_memory_estimate_scales_with_the_batch():
+    from kdsweep.engine import budget
+
+    student = create_model("resnet8", num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    small = budget.member_bytes(student, 0, "sgd", 64, student, x)
+    large = budget.member_bytes(student, 0, "sgd", 128, student, x)
+    weights = sum(p.numel() for p in student.parameters()) * 4 * 3
+    assert weights < small < large and large - weights == pytest.approx(2 * (small - weights), rel=1e-6)
+    assert budget.fit_count([5, 5, 5], 11) == 2 and budget.fit_count([50], 10) == 1
+
+
+@pytest.mark.parametrize("policy", ["refuse", "split"])
+def test_a_cohort_too_big_for_memory_is_refused_or_split(compose, teacher, tmp_path, monkeypatch,
+                                                         policy, capsys):
+    from kdsweep.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KDSWEEP_MEMORY_LIMIT", "180M")  # two resnet8 members (50 MiB each)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={teacher}",
+            f"tracking.uri={uri}", f"train.fuse_memory={policy}", "train.limit_train_batches=1",
+            "schedule.epochs=1"]
+    jobs = [Job(compose([*base, f"method.alpha={a}"]), tmp_path / str(i))
+            for i, a in enumerate((0.1, 0.3, 0.5, 0.7, 0.9))]
+    if policy == "refuse":
+        with pytest.raises(ConfigError, match=r"a cohort of 5 members needs about .* at most \d fit"):
+            run_cohort(jobs)
+        assert not MlflowClient(uri).search_runs(["1"]) if (tmp_path / "mlflow.db").exists() else True
+        return
+    results = run_cohort(jobs)
+    assert [r.status for r in results] == ["done"] * 5
+    assert "do not fit in memory at once" in capsys.readouterr().out
