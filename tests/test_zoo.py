@@ -35,7 +35,7 @@ def test_meta_device_count_equals_a_real_forward():
 
 
 def test_teacher_ratio_and_family_filter(capsys):
-    assert main(["--teacher", "resnet32x4", "--family", "cifar_resnet"]) == 0
+    assert main(["--teacher", "resnet32x4", "--family", "resnet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "params / resnet32x4" in lines[0]

@@ -2,7 +2,7 @@
 
 A model file declares each architecture once::
 
-    @register_model("resnet20", family="cifar_resnet", features=CIFAR_RESNET_FEATURES)
+    @register_model("resnet20", family="resnet", features=FEATURES)
     def resnet20(num_classes: int, **kwargs) -> nn.Module:
         return CifarResNet(20, [16, 16, 32, 64], num_classes=num_classes, **kwargs)
 
