@@ -19,6 +19,7 @@ from kdsweep.models.registry import (
     list_families,
     list_models,
     register_model,
+    renamed_models,
 )
 
 # Modules that hold no model: the registry, the feature taps, the cost counters, shared layers.
@@ -42,5 +43,6 @@ __all__ = [
     "list_families",
     "list_models",
     "register_model",
+    "renamed_models",
     "resolve_module",
 ]
