@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from kdsweep.models import create_model, get_spec, list_models, register_model, 
 from kdsweep.models.registry import RENAMED
 from kdsweep.models.shufflenet import ShuffleNetV2
 
+ROOT = Path(__file__).resolve().parents[1]
 ALL = list_models()
 
 
@@ -110,3 +115,56 @@ def test_every_model_file_is_discovered_and_registers_models():
     assert {"resnet", "resnet_kuangliu", "torchvision_models", "wrn"} <= model_files
     registering = {get_spec(n).constructor.__module__.rsplit(".", 1)[1] for n in ALL}
     assert registering == model_files  # each file is imported and registers models
+
+
+def _adding_a_model_recipe() -> str:
+    doc = (ROOT / "docs" / "models.md").read_text()
+    section = doc[doc.index("## Adding a model") :]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+_DISCOVER = """
+import importlib.util, json, sys
+spec = importlib.util.find_spec("kdsweep.models")
+spec.submodule_search_locations.append(sys.argv[1])  # as if the file were in kdsweep/models/
+models = importlib.util.module_from_spec(spec)
+sys.modules["kdsweep.models"] = models
+spec.loader.exec_module(models)
+
+from kdsweep.zoo import model_cost
+net = models.create_model("mynet", 10)
+with models.FeatureTap(net, "mynet") as tap:
+    out = tap.dry_run()
+    channels = tap.stage_channels
+print(json.dumps({
+    "names": models.list_models(),
+    "module": models.get_spec("mynet").constructor.__module__,
+    "family": models.get_spec("mynet").family,
+    "channels": channels,
+    "pooled": list(out.pooled.shape),
+    "params": model_cost("mynet").params,
+}))
+"""
+
+
+def test_adding_a_model_is_one_file(tmp_path):
+    """docs/models.md's recipe, saved as one file next to the model files, is a model: no import
+    line or other edit. The file sits in a second directory of the package's ``__path__``, which
+    ``pkgutil.iter_modules`` scans exactly like ``kdsweep/models/`` itself."""
+    (tmp_path / "mynet.py").write_text(_adding_a_model_recipe())
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run(
+        [sys.executable, "-c", _DISCOVER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert "mynet" in got["names"] and set(ALL) <= set(got["names"])
+    assert got["module"] == "kdsweep.models.mynet" and got["family"] == "mynet"
+    assert got["channels"] == [16, 16, 32] and got["pooled"] == [1, 32]
+    assert got["params"] > 0
