@@ -2,8 +2,7 @@
 
 For every registered model: trainable parameters, MACs of one image at the model's native input
 size (32 px for CIFAR models, 224 px for ImageNet ones), and with ``--teacher`` the compression
-ratio ``student params / teacher params`` (the KETI KD study's "compression ratio"; ReduceNet (ohmydroid/reducenet) counted the
-same quantities with torchsummaryX). MACs come from ``torch.utils.flop_counter`` (see
+ratio ``student params / teacher params``. MACs come from ``torch.utils.flop_counter`` (see
 :mod:`kdsweep.models.profile`). Models are built on PyTorch's ``meta`` device, so the whole table
 takes seconds and no memory: only shapes are propagated.
 

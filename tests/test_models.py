@@ -1,4 +1,7 @@
-"""The model zoo: published parameter counts, forward/backward, the feature contract, checkpoints."""
+"""The model zoo: published parameter counts, forward/backward, the feature contract, checkpoints.
+
+Model names (uniqueness, renamed names, discovery of model files): tests/test_model_names.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdsweep.engine import load_checkpoint, load_model_weights, save_checkpoint
 from kdsweep.errors import CheckpointError, ConfigError
 from kdsweep.models import (
     FeatureTap,
@@ -61,16 +65,16 @@ EXACT_C10 = {
 }
 # torchvision's documented parameter counts (1000 classes).
 EXACT_IMAGENET = {
-    "resnet18": 11_689_512,
-    "resnet34": 21_797_672,
-    "resnet50": 25_557_032,
-    "resnet152": 60_192_808,
-    "shufflenet_v2_x0_5": 1_366_792,
-    "shufflenet_v2_x1_0": 2_278_604,
-    "shufflenet_v2_x1_5": 3_503_624,
-    "shufflenet_v2_x2_0": 7_393_996,
-    "mobilenet_v2": 3_504_872,
-    "efficientnet_b0": 5_288_548,
+    "tv_resnet18": 11_689_512,
+    "tv_resnet34": 21_797_672,
+    "tv_resnet50": 25_557_032,
+    "tv_resnet152": 60_192_808,
+    "tv_shufflenet_v2_x0_5": 1_366_792,
+    "tv_shufflenet_v2_x1_0": 2_278_604,
+    "tv_shufflenet_v2_x1_5": 3_503_624,
+    "tv_shufflenet_v2_x2_0": 7_393_996,
+    "tv_mobilenet_v2": 3_504_872,
+    "tv_efficientnet_b0": 5_288_548,
 }
 # Published figures in millions (100 classes unless the name says otherwise), 0.5% tolerance.
 PUBLISHED_M = {
@@ -119,10 +123,9 @@ MEASURED_C100 = {
     "ResNeXt29_32x8d": 19_160_484,
     "densenet40": 1_060_132,
     "EfficientNetB0": 3_627_488,
-    "shufflenetv2_0_5": 443_716,
-    "shufflenetv2_1_0": 1_355_528,
-    "shufflenetv2_1_5": 2_580_548,
-    "shufflenetv2_2_0": 5_521_860,
+    "ShuffleV2_0_5": 443_716,
+    "ShuffleV2_1_5": 2_580_548,
+    "ShuffleV2_2_0": 5_521_860,
 }
 
 ALL = list_models()
@@ -303,27 +306,31 @@ def test_features_get_gradient_without_logits(name):
     assert model.conv1.weight.grad is not None and model.conv1.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        n
-        for n in ["resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV2", "resnet18"]
-        if n in ALL
-    ],
-)
+@pytest.mark.parametrize("name", ALL)
 def test_checkpoint_round_trip(name, tmp_path):
+    """Every model: a kdsweep checkpoint written and read back by the engine rebuilds it exactly.
+
+    The clone is built on the meta device and materialised uninitialised, so every parameter and
+    buffer it ends with must come from the checkpoint.
+    """
     model = create_model(name, 7)
     model.train()
     x = _input(name)
     model(x)  # move BN running statistics away from their defaults
     model.eval()
-    path = tmp_path / "ckpt.pt"
-    torch.save(model.state_dict(), path)
-    clone = create_model(name, 7)
-    clone.load_state_dict(torch.load(path, weights_only=True))
+    path = save_checkpoint(
+        tmp_path / "ckpt.pt", {"arch": name, "num_classes": 7, "model": model.state_dict()}
+    )
+    with torch.device("meta"):
+        clone = create_model(name, 7)
+    clone = clone.to_empty(device="cpu")
+    load_model_weights(clone, load_checkpoint(path), arch=name, num_classes=7, source=str(path))
     clone.eval()
     with torch.no_grad():
         assert torch.equal(model(x), clone(x))
+    own, loaded = model.state_dict(), clone.state_dict()
+    assert list(own) == list(loaded)
+    assert all(torch.equal(own[k], loaded[k]) for k in own)
 
 
 def test_unknown_model_is_one_line_config_error():
@@ -371,9 +378,9 @@ def test_tap_records_nothing_outside_call():
 def test_default_lr_and_input_sizes():
     for name in ["MobileNetV2", "ShuffleV1", "ShuffleV2"]:
         assert get_spec(name).default_lr == 0.01
-    assert get_spec("shufflenetv2_1_0").default_lr is None
-    assert get_spec("resnet18").input_size == 224 and get_spec("ResNet18").input_size == 32
-    assert "resnet18" in BIG and "ResNet18" in CIFAR
+    assert get_spec("ShuffleV2_0_5").default_lr is None
+    assert get_spec("tv_resnet18").input_size == 224 and get_spec("ResNet18").input_size == 32
+    assert "tv_resnet18" in BIG and "ResNet18" in CIFAR
 
 
 def test_shufflenetv2_bn_snapshot_interleaves_passthrough_channels():
@@ -410,18 +417,18 @@ def test_torchvision_pretrained_offline_is_a_one_line_checkpoint_error(monkeypat
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(CheckpointError) as err:
-        create_model("shufflenet_v2_x0_5", 10, pretrained=True)
+        create_model("tv_shufflenet_v2_x0_5", 10, pretrained=True)
     msg = str(err.value)
-    assert "\n" not in msg and "shufflenet_v2_x0_5" in msg and "shufflenetv2_x0.5" in msg
+    assert "\n" not in msg and "'tv_shufflenet_v2_x0_5'" in msg and "shufflenetv2_x0.5" in msg
 
 
 @pytest.mark.parametrize("num_classes", [1000, 10])
 def test_torchvision_pretrained_loads_backbone(monkeypatch, num_classes):
-    reference = create_model("shufflenet_v2_x0_5", 1000)
+    reference = create_model("tv_shufflenet_v2_x0_5", 1000)
     monkeypatch.setattr(
         torch.hub, "load_state_dict_from_url", lambda *a, **k: reference.state_dict()
     )
-    model = create_model("shufflenet_v2_x0_5", num_classes, pretrained=True)
+    model = create_model("tv_shufflenet_v2_x0_5", num_classes, pretrained=True)
     assert torch.equal(model.conv1[0].weight, reference.conv1[0].weight)
     assert model.fc.out_features == num_classes
     if num_classes == 1000:

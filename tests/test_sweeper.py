@@ -314,11 +314,11 @@ def test_killed_sweep_is_resumed(tmp_path, teacher):
 def test_presets_compose_and_smoke_overlay(compose):
     expected = {
         "alpha_t_grid_wrn": ("cifar100", "wrn_28_4", "wrn_16_2", "kd", 16),
-        "alpha_t_grid_shufflenet": ("mini_imagenet", "shufflenet_v2_x2_0", "shufflenet_v2_x1_0",
-                                    "kd", 7),
-        "alpha_t_grid_shufflenet_full": ("mini_imagenet", "shufflenet_v2_x2_0",
-                                         "shufflenet_v2_x1_0", "kd", 16),
-        "lr_tricks_shufflenet": ("mini_imagenet", None, "shufflenet_v2_x1_0", "ce", 4),
+        "alpha_t_grid_shufflenet": ("mini_imagenet", "tv_shufflenet_v2_x2_0",
+                                    "tv_shufflenet_v2_x1_0", "kd", 7),
+        "alpha_t_grid_shufflenet_full": ("mini_imagenet", "tv_shufflenet_v2_x2_0",
+                                         "tv_shufflenet_v2_x1_0", "kd", 16),
+        "lr_tricks_shufflenet": ("mini_imagenet", None, "tv_shufflenet_v2_x1_0", "ce", 4),
         "tpe_kd": ("cifar100", "wrn_28_4", "wrn_16_2", "kd", None),
     }
     for name, (ds, teacher, student, method, n_points) in expected.items():

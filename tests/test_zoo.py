@@ -18,11 +18,11 @@ def test_table_has_every_model_with_published_numbers():
     assert rows["resnet56"].params == 861_620 and rows["resnet56"].macs == 125_753_600
     assert rows["resnet32x4"].params == 7_433_860
     # torchvision models at 224 px with 1000 classes: torchvision's documented figures
-    assert rows["resnet18"].params == 11_689_512 and rows["resnet18"].input_size == 224
-    assert round(rows["resnet18"].macs / 1e9, 2) == 1.81  # torchvision: 1.81 GFLOPS (MACs)
-    assert round(rows["resnet50"].macs / 1e9, 2) == 4.09
-    assert round(rows["mobilenet_v2"].macs / 1e9, 2) == 0.30
-    assert rows["ResNet50"].num_classes == 100 and rows["resnet50"].num_classes == 1000
+    assert rows["tv_resnet18"].params == 11_689_512 and rows["tv_resnet18"].input_size == 224
+    assert round(rows["tv_resnet18"].macs / 1e9, 2) == 1.81  # torchvision: 1.81 GFLOPS (MACs)
+    assert round(rows["tv_resnet50"].macs / 1e9, 2) == 4.09
+    assert round(rows["tv_mobilenet_v2"].macs / 1e9, 2) == 0.30
+    assert rows["ResNet50"].num_classes == 100 and rows["tv_resnet50"].num_classes == 1000
 
 
 def test_meta_device_count_equals_a_real_forward():
@@ -35,7 +35,7 @@ def test_meta_device_count_equals_a_real_forward():
 
 
 def test_teacher_ratio_and_family_filter(capsys):
-    assert main(["--teacher", "resnet32x4", "--family", "cifar_resnet"]) == 0
+    assert main(["--teacher", "resnet32x4", "--family", "resnet"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "params / resnet32x4" in lines[0]
@@ -57,6 +57,7 @@ def test_num_classes_override(capsys):
     "argv, needle",
     [
         (["--teacher", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--teacher", "resnet50"], "model 'resnet50' was renamed: use 'tv_resnet50'"),
         (["--family", "transformers"], "unknown family 'transformers'"),
         (["--num-classes", "0"], "--num-classes must be positive"),
     ],

@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 
 from kdsweep.config.schema import RunConfig, StudentConf, TeacherConf
 from kdsweep.methods import Method, get_method, hparams, list_methods
-from kdsweep.models import list_models
+from kdsweep.models import list_models, renamed_models
 
 _DONE = False
 
@@ -51,6 +51,9 @@ def register_configs() -> None:
     for name in list_models():
         cs.store(group="teacher", name=name, node=TeacherConf(name=name))
         cs.store(group="student", name=name, node=StudentConf(name=name))
+    for old in renamed_models():  # kept as options so that they fail with a pointer to the new name
+        cs.store(group="teacher", name=old, node=TeacherConf(name=old))
+        cs.store(group="student", name=old, node=StudentConf(name=old))
     for name in list_methods():
         cs.store(group="method", name=name, node=method_schema(get_method(name)))
     _DONE = True

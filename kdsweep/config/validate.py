@@ -14,6 +14,7 @@ from typing import Any
 
 from kdsweep.config.schema import RunConfig
 from kdsweep.errors import ConfigError
+from kdsweep.models import get_spec
 
 #: Upper bounds that catch a typo of a few extra digits (and integers no tensor can hold).
 MAX_EPOCHS = 100_000
@@ -61,6 +62,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
     Raises :class:`ConfigError` with one line naming the key, the value and what is allowed.
     """
     _known_keys(cfg)
+    for role in ("student", "teacher"):
+        node = cfg.get(role)
+        if node and node.get("name"):
+            try:
+                get_spec(str(node["name"]))
+            except ConfigError as e:
+                raise ConfigError(f"{role}={node['name']}: {e}") from None
     s = cfg["schedule"]
     epochs = s.get("epochs")
     _int_in("schedule.epochs", epochs, 1, MAX_EPOCHS)

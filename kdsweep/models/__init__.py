@@ -1,8 +1,13 @@
 """kdsweep's model zoo: one registry of architectures and one feature contract for all of them.
 
-Importing this package registers every model; see ``docs/models.md``. To add a model, write one
-file with ``@register_model`` constructors and import it below.
+Importing this package registers every model; see ``docs/models.md``. Every module of this package
+except the infrastructure below is a model file and is imported here automatically (as
+:mod:`kdsweep.methods` does for methods), so adding a model is one file with ``@register_model``
+constructors and no other edit.
 """
+
+import importlib
+import pkgutil
 
 from kdsweep.models.features import FeatureTap, ModelOutput, bn_margin, resolve_module
 from kdsweep.models.profile import count_macs, count_parameters
@@ -14,21 +19,16 @@ from kdsweep.models.registry import (
     list_families,
     list_models,
     register_model,
+    renamed_models,
 )
 
+# Modules that hold no model: the registry, the feature taps, the cost counters, shared layers.
+INFRASTRUCTURE = frozenset({"registry", "features", "profile", "layers"})
+
 # Model files: importing them runs their @register_model decorators.
-from kdsweep.models import (  # noqa: E402, F401  isort: skip
-    cifar_resnet,
-    densenet,
-    efficientnet,
-    mobilenetv2,
-    resnet_cifar,
-    resnext,
-    shufflenet,
-    torchvision_models,
-    vgg,
-    wrn,
-)
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_") and _module.name not in INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "FeatureSpec",
@@ -43,5 +43,6 @@ __all__ = [
     "list_families",
     "list_models",
     "register_model",
+    "renamed_models",
     "resolve_module",
 ]

@@ -1,7 +1,7 @@
 """DenseNet-40 (growth rate k = 12) for CIFAR, registered as ``densenet40``.
 
 Huang, Liu, van der Maaten, Weinberger, "Densely Connected Convolutional Networks", CVPR 2017
-(the L = 40, k = 12 model of Table 2, 1.0M parameters on CIFAR-10; the KETI KD study's "DenseNet40").
+(the L = 40, k = 12 model of Table 2, 1.0M parameters on CIFAR-10).
 Layout: 3x3 conv stem (3 -> 16), three dense blocks of 12 BN-ReLU-conv3x3 layers each
 concatenating k = 12 new channels (16 -> 160, 160 -> 304, 304 -> 448), transitions
 BN-ReLU-conv1x1 (no compression) followed by 2x2 average pooling, then BN-ReLU, global average

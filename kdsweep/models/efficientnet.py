@@ -1,4 +1,4 @@
-"""EfficientNet-B0 for CIFAR (``EfficientNetB0``), kuangliu pytorch-cifar layout (the KETI KD study).
+"""EfficientNet-B0 for CIFAR (``EfficientNetB0``), kuangliu's pytorch-cifar layout.
 
 Tan, Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019.
 CIFAR layout of kuangliu's ``models/efficientnet.py``: 3x3 stride-1 conv-BN-swish stem

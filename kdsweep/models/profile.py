@@ -3,8 +3,7 @@
 MACs are counted by PyTorch's maintained ``torch.utils.flop_counter.FlopCounterMode`` on one
 image: it counts the matrix products (convolutions incl. grouped/depthwise, linear layers,
 matmuls) and reports FLOPs = 2 x MACs. Normalisation, activations, pooling and element-wise
-additions are not counted, which is how torchsummaryX/thop-style tables (ReduceNet (ohmydroid/reducenet)) count
-"MAdds" too.
+additions are not counted, which is how torchsummaryX/thop-style tables count "MAdds" too.
 """
 
 from __future__ import annotations

@@ -2,12 +2,17 @@
 
 A model file declares each architecture once::
 
-    @register_model("resnet20", family="cifar_resnet", features=CIFAR_RESNET_FEATURES)
+    @register_model("resnet20", family="resnet", features=FEATURES)
     def resnet20(num_classes: int, **kwargs) -> nn.Module:
         return CifarResNet(20, [16, 16, 32, 64], num_classes=num_classes, **kwargs)
 
 and everything else (config validation, ``create_model``, the feature taps, the cost table of
 ``python -m kdsweep.zoo``) reads the :class:`ModelSpec` stored here.
+
+Names are unambiguous: no two registered names are equal after lower-casing and removing ``_`` and
+``-`` (``register_model`` refuses such a name), torchvision's 224-px ImageNet models carry the
+prefix ``tv_``, and names that were changed are kept in :data:`RENAMED`, refused with a one-line
+pointer to the new name instead of silently meaning another network.
 """
 
 from __future__ import annotations
@@ -26,7 +31,53 @@ __all__ = [
     "get_spec",
     "list_models",
     "register_model",
+    "renamed_models",
 ]
+
+_TV = "(torchvision, ImageNet input)"
+_CIFAR = "(CIFAR input)"
+
+# Old name -> the current name, or a one-line explanation starting with "use". Never reusable.
+RENAMED: dict[str, str] = {
+    # torchvision's models took the prefix tv_: the lower-case names differed from the CIFAR
+    # models' only by case or punctuation (resnet50 vs ResNet50, mobilenet_v2 vs MobileNetV2).
+    "resnet18": f"use 'tv_resnet18' {_TV} or 'ResNet18' {_CIFAR}",
+    "resnet34": f"use 'tv_resnet34' {_TV} or 'ResNet34' {_CIFAR}",
+    "resnet50": f"use 'tv_resnet50' {_TV} or 'ResNet50' {_CIFAR}",
+    "resnet152": f"use 'tv_resnet152' {_TV} or 'ResNet152' {_CIFAR}",
+    "mobilenet_v2": f"use 'tv_mobilenet_v2' {_TV} or 'MobileNetV2' {_CIFAR}",
+    "efficientnet_b0": f"use 'tv_efficientnet_b0' {_TV} or 'EfficientNetB0' {_CIFAR}",
+    "shufflenet_v2_x0_5": f"use 'tv_shufflenet_v2_x0_5' {_TV} or 'ShuffleV2_0_5' {_CIFAR}",
+    "shufflenet_v2_x1_0": f"use 'tv_shufflenet_v2_x1_0' {_TV} or 'ShuffleV2' {_CIFAR}",
+    "shufflenet_v2_x1_5": f"use 'tv_shufflenet_v2_x1_5' {_TV} or 'ShuffleV2_1_5' {_CIFAR}",
+    "shufflenet_v2_x2_0": f"use 'tv_shufflenet_v2_x2_0' {_TV} or 'ShuffleV2_2_0' {_CIFAR}",
+    # The CIFAR ShuffleNetV2 widths are spelled after ShuffleV2, which is width 1.0.
+    "shufflenetv2_0_5": "ShuffleV2_0_5",
+    "shufflenetv2_1_0": "use 'ShuffleV2' (the same network: CIFAR ShuffleNetV2 at width 1.0)",
+    "shufflenetv2_1_5": "ShuffleV2_1_5",
+    "shufflenetv2_2_0": "ShuffleV2_2_0",
+}
+
+
+def _renamed_message(old: str) -> str:
+    pointer = RENAMED[old]
+    if not pointer.startswith("use "):
+        pointer = f"use {pointer!r}"
+    return f"model {old!r} was renamed: {pointer}"
+
+
+def renamed_models() -> dict[str, str]:
+    """Old model names, each with the one-line message ``get_spec``/``create_model`` refuse it with.
+
+    E.g. ``{"resnet50": "model 'resnet50' was renamed: use 'tv_resnet50' (torchvision, ImageNet
+    input) or 'ResNet50' (CIFAR input)", ...}``. These names are not in :func:`list_models`.
+    """
+    return {old: _renamed_message(old) for old in RENAMED}
+
+
+def _name_key(name: str) -> str:
+    """What a name reads as: lower case, without ``_`` and ``-``."""
+    return name.lower().replace("_", "").replace("-", "")
 
 
 @dataclass(frozen=True)
@@ -105,6 +156,14 @@ def register_model(
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
+        if name in RENAMED:
+            raise ValueError(f"model name {name!r} is retired ({_renamed_message(name)})")
+        twins = [n for n in _REGISTRY if _name_key(n) == _name_key(name)]
+        if twins:
+            raise ValueError(
+                f"model name {name!r} differs from the registered {twins[0]!r} only by case or "
+                "punctuation; choose a name that cannot be confused with it"
+            )
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = ModelSpec(
             name=name,
@@ -122,10 +181,12 @@ def register_model(
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The :class:`ModelSpec` of ``name``; ``ConfigError`` (one line) for unknown names."""
+    """The :class:`ModelSpec` of ``name``; one-line ``ConfigError`` for unknown or renamed names."""
     try:
         return _REGISTRY[name]
     except KeyError:
+        if name in RENAMED:
+            raise ConfigError(_renamed_message(name)) from None
         raise ConfigError(f"unknown model {name!r}; valid: {', '.join(list_models())}") from None
 
 

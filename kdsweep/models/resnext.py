@@ -1,12 +1,12 @@
 """ResNeXt-29 for CIFAR (``ResNeXt29_2x64d``, ``ResNeXt29_32x4d``, ``ResNeXt29_32x8d``).
 
 Xie, Girshick, Dollar, Tu, He, "Aggregated Residual Transformations for Deep Neural Networks",
-CVPR 2017. Layout of kuangliu's pytorch-cifar ``models/resnext.py`` (the the KETI KD study CIFAR-10
-models): 1x1 conv-BN-ReLU stem (3 -> 64), three stages of 3 bottleneck blocks (1x1 -> grouped
-3x3 with ``cardinality`` groups -> 1x1 to 2x the group width), strides 1/2/2, the bottleneck
-width doubling after every stage, 1x1 conv + BN projection shortcuts, global average pooling,
-``linear`` classifier on ``cardinality * bottleneck_width * 8`` features. ``CxWd`` means
-cardinality C and bottleneck width W in the first stage (the KETI KD study's 32x8d: C = 32, W = 8).
+CVPR 2017. Layout of kuangliu's pytorch-cifar ``models/resnext.py``: 1x1 conv-BN-ReLU stem
+(3 -> 64), three stages of 3 bottleneck blocks (1x1 -> grouped 3x3 with ``cardinality`` groups ->
+1x1 to 2x the group width), strides 1/2/2, the bottleneck width doubling after every stage, 1x1
+conv + BN projection shortcuts, global average pooling, ``linear`` classifier on
+``cardinality * bottleneck_width * 8`` features. ``CxWd`` means
+cardinality C and bottleneck width W in the first stage (32x8d: C = 32, W = 8).
 
 Features: f0 = stem output, f1..f3 = stage outputs; pre-activation = the last block's residual
 sum before its ReLU; BN-before-ReLU = the last block's ``bn3``.
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kdsweep.models.layers import kaiming_init
 from kdsweep.models.registry import FeatureSpec, register_model
-from kdsweep.models.resnet_cifar import Bottleneck, _shortcut
+from kdsweep.models.resnet_kuangliu import Bottleneck, _shortcut
 
 __all__ = ["ResNeXt"]
 

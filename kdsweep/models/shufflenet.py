@@ -1,5 +1,6 @@
-"""ShuffleNet V1 and V2 for CIFAR, in RepDistiller's layout (``ShuffleV1``, ``ShuffleV2``,
-and ShuffleNetV2 at widths 0.5 / 1.0 / 1.5 / 2.0 as ``shufflenetv2_0_5`` ... ``shufflenetv2_2_0``).
+"""ShuffleNet V1 and V2 for CIFAR, in RepDistiller's layout: ``ShuffleV1``, ``ShuffleV2`` (width
+1.0) and ShuffleNetV2 at widths 0.5 / 1.5 / 2.0 as ``ShuffleV2_0_5``, ``ShuffleV2_1_5``,
+``ShuffleV2_2_0``. torchvision's 224-px ShuffleNetV2 is ``tv_shufflenet_v2_x1_0`` etc.
 
 - Zhang, Zhou, Lin, Sun, "ShuffleNet: An Extremely Efficient Convolutional Neural Network for
   Mobile Devices", CVPR 2018 (V1).
@@ -11,7 +12,10 @@ ICLR 2020): a 1x1 conv-BN-ReLU stem 3 -> 24 without stride or max pooling, then 
 whose first block halves the resolution. V1: groups 3, out planes 240/480/960, 4/8/4 blocks,
 stride-2 blocks concatenate an avg-pooled shortcut. V2: each stage is a DownBlock followed by
 3/7/3 BasicBlocks (channel split, branch, concat, shuffle); a 1x1 conv-BN-ReLU head (464 -> 1024
-for width 1.0) precedes pooling. Default PyTorch init, as in the reference.
+for width 1.0) precedes pooling. Default PyTorch init, as in the reference. The widths are the
+``configs`` table of RepDistiller's ``ShuffleNetv2.py`` (from kuangliu's pytorch-cifar
+``models/shufflenetv2.py``), whose width 2.0 uses stage channels 224/488/976 (torchvision and the
+paper: 244/488/976).
 
 Features: f0 = stem output, f1..f3 = stage outputs.
 Pre-activation: the last block of each stage computes ``ReLU(pre)``:
@@ -211,15 +215,16 @@ def shufflev2(num_classes: int, **kwargs) -> nn.Module:
 
 
 def _register_width(size: float) -> None:
-    name = f"shufflenetv2_{str(size).replace('.', '_')}"
+    name = f"ShuffleV2_{str(size).replace('.', '_')}"
 
     def build(num_classes: int, **kwargs) -> nn.Module:
         return ShuffleNetV2(size, num_classes=num_classes, **kwargs)
 
-    build.__doc__ = f"CIFAR ShuffleNetV2 at width {size} (RepDistiller layout; PkuDavidGuan/Distillation CINIC-10)"
+    build.__doc__ = f"CIFAR ShuffleNetV2 at width {size} (RepDistiller layout)"
     build.__name__ = name
     register_model(name, family="shufflenetv2", features=V2_FEATURES)(build)
 
 
 for _size in V2_CONFIGS:
-    _register_width(_size)
+    if _size != 1.0:  # width 1.0 is ShuffleV2 itself
+        _register_width(_size)

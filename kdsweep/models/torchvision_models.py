@@ -1,9 +1,11 @@
 """torchvision's ImageNet models (224-px input) with the kdsweep feature contract.
 
-Registered lower-case, as torchvision names them: ``resnet18``, ``resnet34``, ``resnet50``,
-``resnet152`` (He et al., CVPR 2016), ``shufflenet_v2_x0_5`` ... ``shufflenet_v2_x2_0`` (Ma et
-al., ECCV 2018), ``mobilenet_v2`` (Sandler et al., CVPR 2018) and ``efficientnet_b0`` (Tan, Le,
-ICML 2019). The capitalised ``ResNet18`` ... ``ResNet152`` are the CIFAR-stem models instead.
+Registered as ``tv_`` + torchvision's name, so that no name can be mistaken for a CIFAR model's:
+``tv_resnet18``, ``tv_resnet34``, ``tv_resnet50``, ``tv_resnet152`` (He et al., CVPR 2016),
+``tv_shufflenet_v2_x0_5`` ... ``tv_shufflenet_v2_x2_0`` (Ma et al., ECCV 2018),
+``tv_mobilenet_v2`` (Sandler et al., CVPR 2018) and ``tv_efficientnet_b0`` (Tan, Le, ICML 2019).
+The CIFAR models ``ResNet18`` ... ``ResNet152``, ``ShuffleV2``, ``MobileNetV2`` and
+``EfficientNetB0`` are other networks (32-px input).
 
 The networks are torchvision's own classes (same modules, same ``state_dict`` keys, so
 ``pretrained=True`` loads torchvision's ImageNet weights); only the residual / shuffle units are
@@ -152,6 +154,9 @@ def load_torchvision_weights(model: nn.Module, name: str, weights: tvm.WeightsEn
 
 
 # ------------------------------------------------------------------------- registration
+PREFIX = "tv_"  # every model of this file: tv_ + torchvision's own name
+
+
 def _builder(name: str, make, weights: tvm.WeightsEnum, doc: str):
     def build(num_classes: int, pretrained: bool = False, **kwargs) -> nn.Module:
         model = make(num_classes, **kwargs)
@@ -176,12 +181,12 @@ for _name, (_block, _layers, _w) in _RESNETS.items():
         return tvm.ResNet(_block, _layers, num_classes=num_classes, **kwargs)
 
     register_model(
-        _name,
+        PREFIX + _name,
         family="tv_resnet",
         input_size=224,
         features=_resnet_features("bn2" if _block is TapBasicBlock else "bn3"),
         pretrained=True,
-    )(_builder(_name, _make_resnet, _w, f"torchvision {_name} (ImageNet, 224 px)"))
+    )(_builder(PREFIX + _name, _make_resnet, _w, f"torchvision {_name} (ImageNet, 224 px)"))
 
 _SHUFFLENETS = {
     "shufflenet_v2_x0_5": ([24, 48, 96, 192, 1024], tvm.ShuffleNet_V2_X0_5_Weights.DEFAULT),
@@ -201,12 +206,12 @@ for _name, (_channels, _w) in _SHUFFLENETS.items():
         )
 
     register_model(
-        _name,
+        PREFIX + _name,
         family="tv_shufflenetv2",
         input_size=224,
         features=SHUFFLENET_FEATURES,
         pretrained=True,
-    )(_builder(_name, _make_shufflenet, _w, f"torchvision {_name} (ImageNet, 224 px)"))
+    )(_builder(PREFIX + _name, _make_shufflenet, _w, f"torchvision {_name} (ImageNet, 224 px)"))
 
 
 def _make_mobilenet_v2(num_classes, **kwargs):
@@ -218,28 +223,28 @@ def _make_efficientnet_b0(num_classes, **kwargs):
 
 
 register_model(
-    "mobilenet_v2",
+    PREFIX + "mobilenet_v2",
     family="tv_mobilenet_v2",
     input_size=224,
     features=MOBILENET_V2_FEATURES,
     pretrained=True,
 )(
     _builder(
-        "mobilenet_v2",
+        PREFIX + "mobilenet_v2",
         _make_mobilenet_v2,
         tvm.MobileNet_V2_Weights.DEFAULT,
         "torchvision mobilenet_v2, width 1.0 (ImageNet, 224 px)",
     )
 )
 register_model(
-    "efficientnet_b0",
+    PREFIX + "efficientnet_b0",
     family="tv_efficientnet",
     input_size=224,
     features=EFFICIENTNET_FEATURES,
     pretrained=True,
 )(
     _builder(
-        "efficientnet_b0",
+        PREFIX + "efficientnet_b0",
         _make_efficientnet_b0,
         tvm.EfficientNet_B0_Weights.DEFAULT,
         "torchvision efficientnet_b0 (ImageNet, 224 px)",

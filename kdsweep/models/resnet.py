@@ -1,4 +1,5 @@
-"""CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4) in RepDistiller's layout.
+"""Family ``resnet``: the 6n+2 CIFAR ResNets (resnet8 ... resnet110, resnet8x4, resnet32x4) in
+RepDistiller's layout.
 
 He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016 (the 6n+2 CIFAR
 networks of section 4.2); the x4 widths are from Tian, Krishnan, Isola, "Contrastive
@@ -12,6 +13,10 @@ global average pooling, linear classifier. Module names follow RepDistiller, so 
 Features: f0 = stem output (after ReLU), f1..f3 = stage outputs; pre-activation = the last
 block's residual sum before its ReLU (the ``preact`` identity tap); BN-before-ReLU = the last
 block's ``bn2``.
+
+Not to be confused with :mod:`kdsweep.models.resnet_kuangliu` (``ResNet18`` ... ``ResNet152``: the
+four-stage ImageNet ResNets with a CIFAR stem) or the torchvision ``tv_resnet18`` ...
+``tv_resnet152`` (:mod:`kdsweep.models.torchvision_models`).
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ def _register(name: str, depth: int, filters: list[int], doc: str) -> None:
 
     build.__doc__ = doc
     build.__name__ = name
-    register_model(name, family="cifar_resnet", features=FEATURES)(build)
+    register_model(name, family="resnet", features=FEATURES)(build)
 
 
 for _depth in (8, 14, 20, 32, 44, 56, 110):

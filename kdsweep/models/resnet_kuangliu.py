@@ -1,5 +1,6 @@
-"""ImageNet-style ResNets with a CIFAR stem (``ResNet18``, ``ResNet34``, ``ResNet50``,
-``ResNet152``), as in RepDistiller ``models/resnetv2.py`` / kuangliu's pytorch-cifar.
+"""Family ``resnet_kuangliu``: the four-stage ImageNet ResNets with a CIFAR stem (``ResNet18``,
+``ResNet34``, ``ResNet50``, ``ResNet152``) of kuangliu's pytorch-cifar ``models/resnet.py``, which
+RepDistiller adapts as ``models/resnetv2.py`` (its ``ResNet50`` teacher).
 
 He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016. The CIFAR
 variant replaces the 7x7/2 stem and max pooling with a 3x3 stride-1 conv (3 -> 64): four stages
@@ -7,8 +8,9 @@ of BasicBlocks (18/34) or Bottlenecks (50/152, expansion 4), widths 64/128/256/5
 1/2/2/2, 1x1 conv + BN projection shortcuts, global average pooling, ``linear`` classifier.
 Module names follow RepDistiller (``shortcut``, ``linear``).
 
-The capitalised names are these CIFAR-stem models; the lower-case ``resnet18`` ... ``resnet152``
-are torchvision's 224-px ImageNet models (:mod:`kdsweep.models.torchvision_models`).
+Not to be confused with the 6n+2 CIFAR ResNets ``resnet8`` ... ``resnet110`` of
+:mod:`kdsweep.models.resnet`, nor with torchvision's 224-px ImageNet ResNets ``tv_resnet18`` ...
+``tv_resnet152`` (:mod:`kdsweep.models.torchvision_models`).
 
 Features: f0 = stem output (after ReLU), f1..f4 = stage outputs; pre-activation = the last
 block's residual sum before its ReLU; BN-before-ReLU = the last block's ``bn2`` (BasicBlock) or
@@ -132,7 +134,7 @@ def _register(name: str, block, blocks: list[int]) -> None:
     build.__doc__ = f"{name} with a CIFAR stem (3x3 stride-1 conv, no max pool)"
     build.__name__ = name
     last_bn = "bn3" if block is Bottleneck else "bn2"
-    register_model(name, family="resnet_cifar", features=_features(last_bn))(build)
+    register_model(name, family="resnet_kuangliu", features=_features(last_bn))(build)
 
 
 _register("ResNet18", BasicBlock, [2, 2, 2, 2])
