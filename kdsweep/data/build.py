@@ -21,7 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "name": None, "source": None, "root": None, "num_classes": None, "image_size": None,
     "mean": None, "std": None, "augment": "crop_flip", "in_memory": True, "download": False,
     "num_workers": None, "val_split": None, "padding": 4, "val_resize": None, "cache": True,
-    "cache_dir": None,
+    "cache_dir": None, "skip_bad_images": False,
 }
 
 
@@ -101,6 +101,8 @@ def parse_config(cfg: Mapping) -> dict[str, Any]:
     for key in ("image_size", "num_classes", "val_resize"):
         if c[key] is not None and int(c[key]) < 1:
             raise ConfigError(f"dataset.{key}={c[key]}; expected a positive integer or null")
+    if not isinstance(c["skip_bad_images"], bool):
+        raise ConfigError(f"dataset.skip_bad_images={c['skip_bad_images']!r}; expected true or false")
     if c["num_workers"] is None:
         c["num_workers"] = min(8, os.cpu_count() or 1)
     if int(c["num_workers"]) < 0:
