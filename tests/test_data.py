@@ -195,6 +195,184 @@ def test_streaming_same_batches_with_workers(tmp_path):
         assert torch.equal(ia, ib) and torch.equal(ya, yb) and torch.equal(xa, xb)
 
 
+# ---------------------------------------------------------------- imagefolder cache, bad images
+
+
+def _pil_tree(dst: Path, classes: int = 3, train: int = 8, val: int = 3, size: int = 12) -> Path:
+    """A small ImageFolder tree of solid-colour JPEGs and PNGs made with PIL (no shared data)."""
+    from PIL import Image
+
+    for split, n in (("train", train), ("val", val)):
+        for c in range(classes):
+            d = dst / split / f"class{c}"
+            d.mkdir(parents=True)
+            for i in range(n):
+                colour = (40 * c + 3 * i, 255 - 30 * c, 7 * i)
+                ext = "png" if i % 4 == 3 else "jpg"
+                Image.new("RGB", (size, size), colour).save(d / f"{i:03d}.{ext}")
+    return dst
+
+
+def _if_cfg(root: Path, cache: Path, **kw) -> dict:
+    return {"name": "tiny", "source": "imagefolder", "root": str(root), "in_memory": True,
+            "num_workers": 0, "cache_dir": str(cache), "mean": [0, 0, 0], "std": [1 / 255] * 3,
+            "augment": "none", **kw}
+
+
+@pytest.fixture
+def count_decodes(monkeypatch):
+    """Counts calls of imagefolder.decode_split (one per split that is really decoded)."""
+    from kdsweep.data import imagefolder
+
+    calls: list[str] = []
+    real = imagefolder.decode_split
+
+    def counting(base, files, *a, **kw):
+        calls.append(Path(base).name)
+        return real(base, files, *a, **kw)
+
+    monkeypatch.setattr(imagefolder, "decode_split", counting)
+    return calls
+
+
+def _all_val(b):
+    return torch.cat([x for x, _, _ in b.val])
+
+
+def test_imagefolder_cache_reused_then_invalidated(tmp_path, count_decodes, caplog):
+    import logging
+
+    root, cache = _pil_tree(tmp_path / "tree"), tmp_path / "cache"
+    cfg = _if_cfg(root, cache)
+    with caplog.at_level(logging.INFO, logger="kdsweep.data.imagefolder"):
+        first = build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert count_decodes == ["train", "val"] and (first.num_train, first.num_val) == (24, 9)
+    assert any("decoded 24 images" in r.getMessage() and " s (" in r.getMessage()
+               for r in caplog.records)  # the final line says how long decoding took
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 2 and all(f.startswith("tiny-") and f.endswith(".pt") for f in files)
+
+    again = build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert count_decodes == ["train", "val"]  # both splits came from the cache
+    assert torch.equal(_all_val(again), _all_val(first))
+
+    # touching one file (new mtime) invalidates that split only; the stale cache file is removed
+    f = root / "val" / "class1" / "000.jpg"
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert count_decodes == ["train", "val", "val"]
+    assert len(list(cache.iterdir())) == 2
+
+    # adding an image invalidates too, and the new image is in the data
+    from PIL import Image
+
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(root / "train" / "class0" / "zzz.jpg")
+    b = build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert count_decodes[-1] == "train" and b.num_train == 25
+    assert len(list(cache.iterdir())) == 2
+
+
+def test_imagefolder_truncated_cache_is_rebuilt(tmp_path, count_decodes):
+    root, cache = _pil_tree(tmp_path / "tree"), tmp_path / "cache"
+    cfg = _if_cfg(root, cache)
+    ref = _all_val(build_data(cfg, batch_size=4, eval_batch_size=4))
+    val_cache = next(cache.glob("tiny-val-*.pt"))
+    data = val_cache.read_bytes()
+    val_cache.write_bytes(data[: len(data) // 2])  # a half-written file (e.g. copied while killed)
+    with pytest.warns(UserWarning, match="unreadable"):
+        b = build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert count_decodes == ["train", "val", "val"] and torch.equal(_all_val(b), ref)
+    assert val_cache.stat().st_size == len(data)  # rewritten whole
+    build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert count_decodes == ["train", "val", "val"]  # and read from the cache again
+    assert not list(cache.glob("*.tmp"))
+
+
+def test_imagefolder_unwritable_cache_dir_degrades_to_no_cache(tmp_path, count_decodes):
+    root = _pil_tree(tmp_path / "tree")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache directory should be")
+    cfg = _if_cfg(root, blocker / "cache")
+    with pytest.warns(UserWarning, match="could not write the decoded-image cache"):
+        b = build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert b.num_train == 24 and count_decodes == ["train", "val"]
+    if os.geteuid() != 0:  # root ignores directory permissions
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.warns(UserWarning, match="continuing without a cache"):
+                build_data(_if_cfg(root, ro), batch_size=4, eval_batch_size=4)
+        finally:
+            ro.chmod(0o700)
+        assert not list(ro.iterdir())
+    off = build_data({**cfg, "cache": False}, batch_size=4, eval_batch_size=4)
+    assert off.num_train == 24
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "not_an_image"])
+def test_imagefolder_bad_image_is_one_line_error_naming_it(tmp_path, kind):
+    root = _pil_tree(tmp_path / "tree")
+    bad = root / "train" / "class2" / "005.jpg"
+    good = bad.read_bytes()
+    bad.write_bytes({"empty": b"", "truncated": good[: len(good) // 2],
+                     "not_an_image": b"<html>not found</html>"}[kind])
+    with pytest.raises(DataError) as err:
+        build_data(_if_cfg(root, tmp_path / "cache"), batch_size=4, eval_batch_size=4)
+    msg = str(err.value)
+    assert str(bad) in msg and "\n" not in msg and "skip_bad_images=true" in msg, msg
+    assert "Traceback" not in msg and "PIL" not in msg
+
+
+def test_imagefolder_bad_image_error_with_workers_is_one_line(tmp_path):
+    root = _pil_tree(tmp_path / "tree")
+    bad = root / "val" / "class0" / "001.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        build_data(_if_cfg(root, tmp_path / "cache", num_workers=2), batch_size=4,
+                   eval_batch_size=4)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_imagefolder_skip_bad_images(tmp_path, count_decodes):
+    root = _pil_tree(tmp_path / "tree")
+    (root / "train" / "class1" / "002.jpg").write_bytes(b"")
+    (root / "val" / "class2" / "000.jpg").write_bytes(b"\xff\xd8garbage")
+    cfg = _if_cfg(root, tmp_path / "cache", skip_bad_images=True)
+    with pytest.warns(UserWarning) as rec:
+        b = build_data(cfg, batch_size=4, eval_batch_size=4)
+    msgs = [str(w.message) for w in rec]
+    assert any("skipping 1 unreadable image" in m and "class1/002.jpg: empty file" in m
+               for m in msgs), msgs
+    assert any("class2/000.jpg" in m for m in msgs), msgs
+    assert (b.num_train, b.num_val) == (23, 8)
+    assert torch.bincount(b.train_labels).tolist() == [8, 7, 8]
+    y = torch.cat([y for _, y, _ in b.val])
+    assert y.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    # the cache remembers the bad files: same result without decoding, and the error without skip
+    with pytest.warns(UserWarning) as rec:
+        again = build_data(cfg, batch_size=4, eval_batch_size=4)
+    assert sum("skipping" in str(w.message) for w in rec) == 2
+    assert count_decodes == ["train", "val"] and torch.equal(_all_val(again), _all_val(b))
+    with pytest.raises(DataError, match="class1/002.jpg: empty file"):
+        build_data({**cfg, "skip_bad_images": False}, batch_size=4, eval_batch_size=4)
+    with pytest.raises(ConfigError, match="skip_bad_images"):
+        build_data({**cfg, "skip_bad_images": "yes"}, batch_size=4, eval_batch_size=4)
+
+
+def test_streaming_bad_image_is_one_line_error(tmp_path):
+    root = _pil_tree(tmp_path / "tree")
+    bad = root / "val" / "class0" / "000.jpg"
+    bad.write_bytes(b"")
+    cfg = {"name": "tiny", "source": "imagefolder", "root": str(root), "in_memory": False,
+           "image_size": 12, "mean": [0.5] * 3, "std": [0.25] * 3, "num_workers": 2}
+    b = build_data(cfg, batch_size=4, eval_batch_size=4)
+    with pytest.raises(DataError) as err:
+        list(b.val)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+
+
 # ---------------------------------------------------------------- errors and presets
 
 

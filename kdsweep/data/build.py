@@ -41,6 +41,7 @@ class DatasetConf:
     val_resize: int | None = None
     cache: bool = True
     cache_dir: str | None = None
+    skip_bad_images: bool = False   # in_memory ImageFolder: leave unreadable images out (warned)
 
 
 DEFAULTS: dict[str, Any] = {f.name: (None if f.default is MISSING else f.default)
@@ -123,6 +124,8 @@ def parse_config(cfg: Mapping) -> dict[str, Any]:
     for key in ("image_size", "num_classes", "val_resize"):
         if c[key] is not None and int(c[key]) < 1:
             raise ConfigError(f"dataset.{key}={c[key]}; expected a positive integer or null")
+    if not isinstance(c["skip_bad_images"], bool):
+        raise ConfigError(f"dataset.skip_bad_images={c['skip_bad_images']!r}; expected true or false")
     if c["num_workers"] is None:
         c["num_workers"] = min(8, os.cpu_count() or 1)
     if int(c["num_workers"]) < 0:

@@ -1,19 +1,38 @@
 """ImageFolder trees ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*`` (or ``test/``).
 
-``in_memory: true`` decodes every image once (worker processes, tqdm progress) into a uint8
-N,3,S,S tensor for :class:`~kdsweep.data.loaders.TensorLoader`; images that are not S x S get their
-shorter side resized to S and are centre-cropped. The decoded tensor is cached in
-``cache_dir`` (default ``$KDSWEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdsweep``, else
-``~/.cache/kdsweep``) under a name keyed by the root, split, size and every file's path, size and
-mtime, so a changed tree is decoded again. ``in_memory: false`` streams the files through a
-DataLoader with torchvision v2 transforms (:class:`~kdsweep.data.loaders.StreamingLoader`).
+``in_memory: true`` decodes every image once (worker processes; a tqdm bar on a terminal, else a
+log line every 30 s, and a final log line with the time taken) into a uint8 N,3,S,S tensor for
+:class:`~kdsweep.data.loaders.TensorLoader`; images that are not S x S get their shorter side
+resized to S and are centre-cropped.
+
+The decoded split is cached (``dataset.cache``, default true) as
+``<cache_dir>/<name>-<split>-<S>px-<where>-<content>.pt``; ``cache_dir`` is ``dataset.cache_dir``,
+else ``$KDSWEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdsweep``, else ``~/.cache/kdsweep`` (never
+next to the data: shared trees are often read-only). ``content`` hashes every file's relative path,
+byte size and mtime, so an edited, added or removed file means a new decode; the stale file is then
+deleted. The cache is written to a temp file and moved into place with ``os.replace`` (a killed
+run never leaves half a cache), read with ``torch.load(weights_only=True)``, and a truncated or
+otherwise invalid cache is decoded again and replaced. A cache directory that cannot be written
+gives a warning and the run goes on without a cache.
+
+An image that cannot be decoded (zero bytes, truncated, not an image) is a one-line
+:class:`~kdsweep.errors.DataError` naming the file, or, with ``dataset.skip_bad_images=true``, is
+left out with a warning naming it.
+
+``in_memory: false`` streams the files through a DataLoader with torchvision v2 transforms
+(:class:`~kdsweep.data.loaders.StreamingLoader`); there a bad image is a one-line DataError when a
+batch reaches it (``skip_bad_images`` applies to in-memory decoding only).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import logging
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +45,8 @@ from kdsweep.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (or ROOT/test/...)"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a dict with the images and the undecodable files (1: the bare tensor)
+log = logging.getLogger(__name__)
 
 
 def split_dirs(root: Path, val_split: str | None = None) -> tuple[Path, Path]:
@@ -70,9 +90,12 @@ def _read_bytes(path: str | Path) -> torch.Tensor:
     """The file's bytes as a uint8 tensor (plain Python I/O: cheaper than torchvision's read_file)."""
     try:
         with open(path, "rb") as fh:
-            return torch.frombuffer(bytearray(fh.read()), dtype=torch.uint8)
+            raw = fh.read()
     except OSError as exc:
         raise DataError(f"cannot read image file {path}: {exc.strerror or exc}") from exc
+    if not raw:
+        return torch.empty(0, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
 
 
 def _is_jpeg(data: torch.Tensor) -> bool:
@@ -88,102 +111,261 @@ def _square(img: torch.Tensor, size: int | None) -> torch.Tensor:
     return img
 
 
-def read_image(path: str | Path, size: int | None = None) -> torch.Tensor:
-    """uint8 3,H,W RGB; with ``size``: shorter side resized to ``size``, centre-cropped square."""
+_TV_WHERE = re.compile(r"^\w+, \S+:\d+, ")  # torchvision's "decode_jpeg, /src/x.cpp:171, " prefix
+
+
+def _reason(exc: BaseException) -> str:
+    """A short one-line reason from a decoder error (no source locations, first sentence)."""
+    text = str(exc).strip()
+    line = _TV_WHERE.sub("", text.splitlines()[0]) if text else type(exc).__name__
+    return line.split(". ")[0].rstrip(".")
+
+
+def try_read_image(path: str | Path, size: int | None = None) -> tuple[torch.Tensor | None, str]:
+    """``(uint8 3,S,S image, "")``, or ``(None, reason)`` for an unreadable or undecodable file."""
     from torchvision.io import ImageReadMode, decode_image, decode_jpeg
     from torchvision.transforms.v2 import functional as TF
 
     try:
         data = _read_bytes(path)
+    except DataError as exc:
+        return None, str(exc).rsplit(": ", 1)[-1]
+    if len(data) == 0:
+        return None, "empty file (0 bytes)"
+    try:
         img = (decode_jpeg if _is_jpeg(data) else decode_image)(data, mode=ImageReadMode.RGB)
-    except RuntimeError:  # formats libjpeg/libpng cannot read: fall back to PIL
+    except RuntimeError as tv_exc:  # formats libjpeg/libpng cannot read: fall back to PIL
         try:
             from PIL import Image
 
             with Image.open(path) as im:
                 img = TF.pil_to_tensor(im.convert("RGB"))
-        except Exception as exc:
-            raise DataError(f"cannot decode image {path}: {exc}") from exc
-    return _square(img, size)
+        except Exception:  # PIL raises many types; torchvision's reason is the clearer one
+            return None, _reason(tv_exc)
+    return _square(img, size), ""
+
+
+def read_image(path: str | Path, size: int | None = None) -> torch.Tensor:
+    """uint8 3,H,W RGB; with ``size``: shorter side resized to ``size``, centre-cropped square.
+    An unreadable file is a one-line :class:`DataError` naming it."""
+    img, reason = try_read_image(path, size)
+    if img is None:
+        raise DataError(f"cannot decode image {path}: {reason}")
+    return img
 
 
 class _Chunks(torch.utils.data.Dataset):
+    """Chunk ``i`` -> ``(uint8 n,3,S,S, [(offset, reason), ...])``; bad files are zeros plus a reason
+    (returned, not raised, so that a worker's error reaches the main process as one line)."""
+
     def __init__(self, base: Path, files: list[str], size: int, chunk: int = 256):
         self.base, self.files, self.size, self.chunk = str(base), np.array(files), size, chunk
 
     def __len__(self) -> int:
         return (len(self.files) + self.chunk - 1) // self.chunk
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[tuple[int, str]]]:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         paths = [os.path.join(self.base, f) for f in self.files[i * self.chunk:(i + 1) * self.chunk]]
-        data = [_read_bytes(p) for p in paths]
-        if all(_is_jpeg(d) for d in data):
+        try:
+            data = [_read_bytes(p) for p in paths]
+        except DataError:
+            data = []
+        if data and all(_is_jpeg(d) for d in data):
             try:  # fast path: one batched decode call for the whole chunk
                 imgs = decode_jpeg(data, mode=ImageReadMode.RGB)
-                return torch.stack([_square(im, self.size) for im in imgs])
+                return torch.stack([_square(im, self.size) for im in imgs]), []
             except RuntimeError:
-                pass  # some file needs the per-file path (and its error message)
-        return torch.stack([read_image(p, self.size) for p in paths])
+                pass  # some file needs the per-file path (and its own reason)
+        out = torch.zeros(len(paths), 3, self.size, self.size, dtype=torch.uint8)
+        bad: list[tuple[int, str]] = []
+        for j, p in enumerate(paths):
+            img, reason = try_read_image(p, self.size)
+            if img is None:
+                bad.append((j, reason))
+            else:
+                out[j] = img
+        return out, bad
+
+
+LOG_EVERY_S = 30.0  # progress log line interval when the tqdm bar is off (stderr not a terminal)
 
 
 def decode_split(base: Path, files: list[str], size: int, num_workers: int,
-                 desc: str) -> torch.Tensor:
-    """Decode ``files`` (relative to ``base``) into uint8 N,3,size,size with worker processes."""
+                 desc: str) -> tuple[torch.Tensor, dict[int, str]]:
+    """Decode ``files`` (relative to ``base``) into uint8 N,3,size,size with worker processes.
+
+    Returns the images and ``{index: reason}`` of the files that could not be decoded (zeros in
+    the tensor). A tqdm bar shows progress on a terminal; otherwise a log line every
+    :data:`LOG_EVERY_S` seconds. A final log line says how long decoding took.
+    """
     from tqdm.auto import tqdm
 
     loader = torch.utils.data.DataLoader(_Chunks(base, files, size), batch_size=None,
                                          num_workers=num_workers)
     out = torch.empty(len(files), 3, size, size, dtype=torch.uint8)
+    bad: dict[int, str] = {}
     pos = 0
+    start = last = time.perf_counter()
     with tqdm(total=len(files), desc=desc, unit="img", disable=None, leave=False) as bar:
-        for x in loader:
+        for x, chunk_bad in loader:
             out[pos:pos + len(x)] = x
+            bad.update({pos + j: reason for j, reason in chunk_bad})
             pos += len(x)
             bar.update(len(x))
-    return out
+            now = time.perf_counter()
+            if bar.disable and now - last >= LOG_EVERY_S:
+                last = now
+                log.info("%s: %d/%d images, %.0f s", desc, pos, len(files), now - start)
+    seconds = time.perf_counter() - start
+    log.info("decoded %d images of %s in %.1f s (%.0f images/s, %d workers)%s", len(files), base,
+             seconds, len(files) / max(seconds, 1e-9), num_workers,
+             f", {len(bad)} unreadable" if bad else "")
+    return out, bad
 
 
-def cache_dir(configured: str | None) -> Path:
-    if configured:
-        return Path(os.path.expandvars(configured)).expanduser()
+def default_cache_dir() -> Path:
+    """``$KDSWEEP_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdsweep``, else ``~/.cache/kdsweep``."""
     if os.environ.get("KDSWEEP_CACHE_DIR"):
-        return Path(os.environ["KDSWEEP_CACHE_DIR"]).expanduser()
+        return Path(os.path.expandvars(os.environ["KDSWEEP_CACHE_DIR"])).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(xdg) / "kdsweep"
 
 
-def _cache_file(cdir: Path, name: str, split: Path, files: list[str], size: int) -> Path:
+def cache_dir(configured: str | None) -> Path:
+    """``dataset.cache_dir`` when set, else :func:`default_cache_dir`."""
+    if configured:
+        return Path(os.path.expandvars(configured)).expanduser()
+    return default_cache_dir()
+
+
+def cache_file(cdir: Path, name: str, split: Path, files: list[str], size: int) -> Path:
+    """``<cdir>/<name>-<split>-<S>px-<where>-<content>.pt``.
+
+    ``where`` hashes the split's absolute path and the size; ``content`` hashes the cache format
+    version and every file's relative path, byte size and mtime (ns). A changed tree gets a new
+    name, and the old file of the same ``where`` is deleted once the new one is written.
+    """
+    where = hashlib.sha256(f"{split.resolve()}|{size}".encode()).hexdigest()[:8]
     h = hashlib.sha256(f"{CACHE_VERSION}|{split.resolve()}|{size}".encode())
     for f in files:
-        st = os.stat(split / f)
+        try:
+            st = os.stat(split / f)
+        except OSError as exc:
+            raise DataError(f"cannot read image file {split / f}: {exc.strerror or exc}") from exc
         h.update(f"|{f}:{st.st_size}:{st.st_mtime_ns}".encode())
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return cdir / f"{safe}-{split.name}-{size}px-{h.hexdigest()[:16]}.pt"
+    return cdir / f"{safe}-{split.name}-{size}px-{where}-{h.hexdigest()[:16]}.pt"
 
 
-def load_split_in_memory(c: dict[str, Any], split: Path, files: list[str], size: int) -> torch.Tensor:
-    """Decoded uint8 tensor of one split, from the cache when it is valid (see module docstring)."""
-    path = _cache_file(cache_dir(c["cache_dir"]), c["name"], split, files, size) \
+def _read_cache(path: Path, n: int, size: int) -> tuple[torch.Tensor, dict[int, str]] | None:
+    """The cached ``(images, bad)``, or None (with a warning) when the file is missing or invalid.
+
+    Read with ``torch.load(weights_only=True)``: tensors, ints, strings and lists only, no pickle.
+    """
+    if not path.is_file():
+        return None
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        x, idx, why = d["images"], d["bad_index"], d["bad_reason"]
+        ok = (d.get("version") == CACHE_VERSION and isinstance(x, torch.Tensor)
+              and x.dtype == torch.uint8 and tuple(x.shape) == (n, 3, size, size)
+              and len(idx) == len(why) and all(0 <= int(i) < n for i in idx))
+        if not ok:
+            raise ValueError("unexpected contents")
+    except Exception as exc:  # truncated, corrupt or foreign file: decode again and overwrite it
+        warnings.warn(f"decoded-image cache {path} is unreadable ({_reason(exc)}); decoding the "
+                      "images again", stacklevel=3)
+        return None
+    return x, {int(i): str(r) for i, r in zip(idx, why, strict=True)}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _write_cache(path: Path, x: torch.Tensor, bad: dict[int, str]) -> bool:
+    """Write atomically (temp file + ``os.replace``); on any failure warn and return False."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:  # Python's open: a clean OSError on a read-only directory
+            torch.save({"version": CACHE_VERSION, "images": x,
+                        "bad_index": list(bad), "bad_reason": list(bad.values())}, fh)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        warnings.warn(f"could not write the decoded-image cache {path} ({exc}); continuing "
+                      "without a cache (set dataset.cache_dir to a writable directory, or "
+                      "dataset.cache=false)", stacklevel=3)
+        return False
+    _remove_stale(path)
+    return True
+
+
+def _remove_stale(path: Path) -> None:
+    """Delete older caches of the same split and size, and temp files of dead writers."""
+    prefix = path.name.rsplit("-", 1)[0]  # <name>-<split>-<S>px-<where>
+    for other in path.parent.glob(f"{glob.escape(prefix)}-*"):
+        if other == path:
+            continue
+        if other.name.endswith(".tmp"):
+            pid = other.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                continue  # another process is writing it right now
+        elif not other.name.endswith(".pt"):
+            continue
+        with contextlib.suppress(OSError):
+            other.unlink()
+
+
+def load_split_in_memory(c: dict[str, Any], split: Path, files: list[str],
+                         size: int) -> tuple[torch.Tensor, dict[int, str]]:
+    """Decoded uint8 tensor of one split and ``{index: reason}`` of undecodable files, from the
+    cache when it is valid (see the module docstring)."""
+    path = cache_file(cache_dir(c["cache_dir"]), c["name"], split, files, size) \
         if c["cache"] else None
-    if path is not None and path.is_file():
-        try:
-            x = torch.load(path, map_location="cpu", weights_only=True)
-            if x.dtype == torch.uint8 and tuple(x.shape) == (len(files), 3, size, size):
-                return x
-        except Exception:  # unreadable cache: decode again below and overwrite it
-            pass
-    x = decode_split(split, files, size, int(c["num_workers"]), f"decoding {split}")
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save(x, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            warnings.warn(f"could not write the decoded-image cache {path}: {exc}", stacklevel=2)
-    return x
+        start = time.perf_counter()
+        hit = _read_cache(path, len(files), size)
+        if hit is not None:
+            log.info("loaded %d decoded images of %s from the cache %s in %.1f s", len(files),
+                     split, path, time.perf_counter() - start)
+            return hit
+    x, bad = decode_split(split, files, size, int(c["num_workers"]), f"decoding {split}")
+    if path is not None and _write_cache(path, x, bad):
+        log.info("cached the decoded images of %s as %s", split, path)
+    return x, bad
+
+
+def drop_bad(c: dict[str, Any], split: Path, files: list[str], labels: list[int],
+             x: torch.Tensor, bad: dict[int, str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images, labels)`` without the undecodable files: a DataError naming the first one unless
+    ``dataset.skip_bad_images``, else a warning naming them."""
+    y = torch.as_tensor(labels, dtype=torch.int64)
+    if not bad:
+        return x, y
+    order = sorted(bad)
+    first = f"{split / files[order[0]]}: {bad[order[0]]}"
+    if not c["skip_bad_images"]:
+        more = f" (and {len(bad) - 1} more under {split})" if len(bad) > 1 else ""
+        raise DataError(f"cannot decode image {first}{more}; fix or remove it, or set "
+                        "dataset.skip_bad_images=true to skip unreadable images")
+    shown = "; ".join(f"{files[i]}: {bad[i]}" for i in order[:5])
+    warnings.warn(f"skipping {len(bad)} unreadable image(s) of {split} "
+                  f"(dataset.skip_bad_images=true): {shown}" + (" ..." if len(bad) > 5 else ""),
+                  stacklevel=3)
+    keep = torch.ones(len(files), dtype=torch.bool)
+    keep[order] = False
+    return x[keep], y[keep]
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -231,6 +413,19 @@ def stream_transforms(augment: str, size: int, padding: int, val_resize: int | N
     return v2.Compose(train), v2.Compose(val)
 
 
+def _first_image_size(c: dict[str, Any], split: Path, files: list[str]) -> tuple[int, int]:
+    """H, W of the first train image (the first readable one with ``skip_bad_images``)."""
+    reason = ""
+    for f in files[:100] if c["skip_bad_images"] else files[:1]:
+        img, why = try_read_image(split / f)
+        if img is not None:
+            return int(img.shape[-2]), int(img.shape[-1])
+        reason = reason or why
+    raise DataError(f"cannot decode image {split / files[0]}: {reason}; fix or remove it, or set "
+                    + ("dataset.image_size" if c["skip_bad_images"] else
+                       "dataset.skip_bad_images=true to skip unreadable images"))
+
+
 def imagefolder_bundle(c: dict[str, Any], *, batch_size: int, eval_batch_size: int,
                        device: torch.device, seed: int):
     from kdsweep.data.build import (
@@ -252,16 +447,16 @@ def imagefolder_bundle(c: dict[str, Any], *, batch_size: int, eval_batch_size: i
     size = c["image_size"]
     if c["in_memory"]:
         if size is None:
-            h, w = read_image(train_dir / tfiles[0]).shape[-2:]
+            h, w = _first_image_size(c, train_dir, tfiles)
             if h != w:
                 raise ConfigError(f"dataset.image_size is null and {train_dir / tfiles[0]} is "
                                   f"{h}x{w}; set dataset.image_size for in-memory loading")
             size = h
-        splits = TensorSplits(
-            load_split_in_memory(c, train_dir, tfiles, int(size)),
-            torch.as_tensor(tlabels, dtype=torch.int64),
-            load_split_in_memory(c, val_dir, vfiles, int(size)),
-            torch.as_tensor(vlabels, dtype=torch.int64), classes)
+        tx, ty = drop_bad(c, train_dir, tfiles, tlabels,
+                          *load_split_in_memory(c, train_dir, tfiles, int(size)))
+        vx, vy = drop_bad(c, val_dir, vfiles, vlabels,
+                          *load_split_in_memory(c, val_dir, vfiles, int(size)))
+        splits = TensorSplits(tx, ty, vx, vy, classes)
         c = {**c, "image_size": int(size)}
         return tensor_bundle(c, splits, batch_size=batch_size, eval_batch_size=eval_batch_size,
                              device=device, seed=seed, where=str(root))

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdsweep.errors import DataError
+
 AUGMENTS = ("crop_flip", "resized_crop_flip", "none")
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -212,6 +214,20 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
             yield list(zip(order[sl], seeds[sl], strict=True))
 
 
+def _one_line_errors(loader) -> Iterator:
+    """Iterate ``loader``; a DataError raised in a worker process (which DataLoader re-raises with
+    the worker's traceback in its message) comes out as the original one-line DataError."""
+    try:
+        yield from loader
+    except DataError as exc:
+        lines = str(exc).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        tag = f"{DataError.__module__}.{DataError.__name__}: "
+        msg = next((ln[len(tag):] for ln in reversed(lines) if ln.startswith(tag)), lines[-1])
+        raise DataError(msg) from None
+
+
 class StreamingLoader(_EpochMixin):
     """Reads files with worker processes; the dataset maps ``(index, seed)`` to ``(uint8 CHW, label,
     index)`` (see :class:`kdsweep.data.imagefolder.FileDataset`); normalisation runs on ``device``."""
@@ -234,7 +250,7 @@ class StreamingLoader(_EpochMixin):
 
     def __iter__(self) -> Iterator[Batch]:
         nb = self.device.type == "cuda"
-        for x, y, idx in self.loader:
+        for x, y, idx in _one_line_errors(self.loader):
             with _one_cpu_thread(self.device):
                 batch = (self.normalize(x.to(self.device, non_blocking=nb)),
                          y.to(self.device, non_blocking=nb), idx.to(self.device, non_blocking=nb))

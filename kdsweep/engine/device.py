@@ -59,17 +59,49 @@ class Precision:
         return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), so CPU autocast pays off.
+
+    Detection: ``torch.cpu._is_avx512_bf16_supported()`` and ``torch.cpu._is_amx_tile_supported()``
+    (cpuinfo's view of the CPUID bits, the checks torch's own Inductor CPU backend uses). The public
+    ``torch.backends.cpu.get_cpu_capability()`` cannot decide this: it names the vector ISA level
+    ATen dispatches to (``"AVX2"``, ``"AVX512"``, ...), and AVX512 without the BF16 extension
+    (Skylake-X, Ice Lake) converts bf16 in software, which is slower than fp32; it also follows the
+    ``ATEN_CPU_CAPABILITY`` override rather than the hardware.
+    The two functions are underscored in torch 2.14, so a torch without them reads as False (fp32),
+    never as an error. Every AMX CPU shipped so far has AMX-BF16 along with AMX-TILE.
+    """
+    cpu = getattr(torch, "cpu", None)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(cpu, name, None)
+        try:
+            if check is not None and bool(check()):
+                return True
+        except Exception:  # pragma: no cover - a broken probe means "do not rely on bf16"
+            continue
+    return False
+
+
 def resolve_precision(spec: str, device: torch.device) -> Precision:
-    """``auto``: bf16 autocast on CUDA GPUs that support it, fp16 + grad scaling on older ones,
-    fp32 on the CPU (CPU autocast is slower than fp32 on most CPUs)."""
+    """The autocast policy for ``precision=spec`` on ``device``.
+
+    ``auto``: on CUDA, bf16 autocast where the GPU supports it, else fp16 with a grad scaler; on the
+    CPU, bf16 autocast when :func:`cpu_has_native_bf16` (AVX512-BF16 or AMX: oneDNN runs bf16
+    convolutions and matmuls with native bf16 instructions), else fp32 (on AVX2-only or plain
+    AVX512 CPUs bf16 is emulated and slower than fp32). ``precision=fp32`` is the escape hatch that
+    turns autocast off on any device; ``bf16`` forces it (also on CPUs without native support);
+    ``fp16`` needs CUDA. Autocast covers the forward passes only: every method casts logits to
+    float32 before its softmax/log-softmax and loss, so soft targets do not underflow, and bf16
+    needs no grad scaler (fp32's exponent range).
+    """
     spec = str(spec)
     if spec not in PRECISIONS:
         raise ConfigError(f"precision={spec!r} is not supported; valid: {', '.join(PRECISIONS)}")
     if spec == "auto":
-        if device.type != "cuda":
-            spec = "fp32"
-        else:
+        if device.type == "cuda":
             spec = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            spec = "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if spec == "fp16" and device.type != "cuda":
         raise ConfigError("precision='fp16' needs a CUDA device; valid on CPU: auto, fp32, bf16")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec]
