@@ -329,3 +329,24 @@ def test_claims_table_created_by_another_sweeper_meanwhile(postgres_server: Post
     other.close()
     t.join(30)
     assert not errors, f"{type(errors[0]).__name__}: {str(errors[0]).splitlines()[0]}"
+
+
+def test_password_can_stay_out_of_the_url(postgres_server: PostgresServer, tmp_path, monkeypatch):
+    """docs/scaling.md: ``postgresql+psycopg://user@host:port/db`` plus a ``~/.pgpass`` line
+    (here ``PGPASSFILE``): libpq supplies the password to MLflow and Optuna alike."""
+    pg = postgres_server
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"{pg.host}:{pg.port}:*:{pg.user}:{pg.password}\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    # Two databases: MLflow and Optuna both keep their schema version in alembic_version.
+    tracking, storage_url = (f"postgresql+psycopg://{pg.user}@{pg.host}:{pg.port}/{db}"
+                             for db in (pg.create_database("pgpass_mlflow"),
+                                        pg.create_database("pgpass_optuna")))
+    client = MlflowClient(tracking_uri=tracking)
+    assert client.create_experiment("kdsweep", artifact_location=str(tmp_path / "art"))
+    storage = optuna.storages.RDBStorage(storage_url)
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: 1.0, n_trials=1)
+    storage.engine.dispose()
+    for url in (tracking, storage_url):
+        assert database_rows_containing(url, pg.password) == []
