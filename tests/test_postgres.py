@@ -152,8 +152,9 @@ def two_sweepers(postgres_server: PostgresServer, tmp_path_factory, teacher_ckpt
     # WORKAROUND, remove once kdsweep opens a fresh MLflow store under a lock: two sweepers that
     # open a fresh MLflow database at once race in MLflow's schema creation and one of them dies
     # (UniqueViolation on pg_type_typname_nsp_index; test_fresh_mlflow_database_opened_at_once).
-    # Opening the store once here creates the schema before the workers start.
-    MlflowClient(tracking_uri=tracking).search_experiments()
+    # Creating the schema once here (what docs/scaling.md says to do) avoids it.
+    subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", tracking], env=env,
+                   capture_output=True, check=True, timeout=120)
     started = time.perf_counter()
     procs = [subprocess.Popen(_run_py(["-m", *args, f"hydra.sweep.dir=multirun/host{i}"]),
                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
