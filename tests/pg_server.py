@@ -145,8 +145,13 @@ class _Cluster:
     def run(self, args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = env["LANG"] = "C"
-        return subprocess.run(self.command(args), cwd=self.base, env=env, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        try:
+            return subprocess.run(self.command(args), cwd=self.base, env=env, capture_output=True,
+                                  text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise PostgresUnavailable(f"{Path(args[0]).name} did not finish in {timeout:.0f} s") from None
+        except OSError as e:  # runuser/su missing or not allowed
+            raise PostgresUnavailable(f"cannot run {self.command(args)[0]}: {e}") from None
 
     def write(self, path: Path, text: str) -> None:
         path.write_text(text)
@@ -169,9 +174,9 @@ class _Cluster:
                    "host all all 127.0.0.1/32 scram-sha-256\n")
 
     def start(self, port: int) -> None:
+        self.started = True  # from here on stop() checks for a server, also if pg_ctl fails
         p = self.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
                       "-o", f"-p {port} -k {self.base}", "-w", "-t", "60", "start"], timeout=90)
-        self.started = True  # pg_ctl may have started a server that then failed to answer
         if p.returncode != 0:
             log = self.log.read_text()[-1500:] if self.log.exists() else ""
             raise PostgresUnavailable(f"pg_ctl start failed ({p.returncode}): "
@@ -179,9 +184,12 @@ class _Cluster:
 
     def stop(self) -> None:
         if self.started and (self.data / "postmaster.pid").exists():
-            p = self.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
-                          "-w", "-t", "30", "stop"], timeout=60)
-            if p.returncode != 0:
+            try:
+                ok = self.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate",
+                               "-w", "-t", "30", "stop"], timeout=60).returncode == 0
+            except PostgresUnavailable:
+                ok = False
+            if not ok:
                 with contextlib.suppress(Exception):
                     pid = int((self.data / "postmaster.pid").read_text().split()[0])
                     os.kill(pid, 9)

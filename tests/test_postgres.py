@@ -159,7 +159,13 @@ def two_sweepers(postgres_server: PostgresServer, tmp_path_factory, teacher_ckpt
     procs = [subprocess.Popen(_run_py(["-m", *args, f"hydra.sweep.dir=multirun/host{i}"]),
                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
-    outs = [p.communicate(timeout=500) for p in procs]
+    try:
+        outs = [p.communicate(timeout=500) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     seconds = time.perf_counter() - started
     assert all(p.returncode == 0 for p in procs), [
         (p.returncode, err[-4000:].replace(pg.password, "<password>"))
