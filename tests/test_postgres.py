@@ -149,12 +149,8 @@ def two_sweepers(postgres_server: PostgresServer, tmp_path_factory, teacher_ckpt
     args = [*GRID, f"hydra.sweeper.storage={storage}", "teacher=resnet8",
             f"teacher.checkpoint={teacher_ckpt}", *TINY]
     env = _env(MLFLOW_TRACKING_URI=tracking)
-    # WORKAROUND, remove once kdsweep opens a fresh MLflow store under a lock: two sweepers that
-    # open a fresh MLflow database at once race in MLflow's schema creation and one of them dies
-    # (UniqueViolation on pg_type_typname_nsp_index; test_fresh_mlflow_database_opened_at_once).
-    # Creating the schema once here (what docs/scaling.md says to do) avoids it.
-    subprocess.run([sys.executable, "-m", "mlflow", "db", "upgrade", tracking], env=env,
-                   capture_output=True, check=True, timeout=120)
+    # Fresh databases, no `mlflow db upgrade`: the sweepers create the MLflow schema themselves,
+    # at the same moment (kdsweep.tracking.open_store retries what the other one created).
     started = time.perf_counter()
     procs = [subprocess.Popen(_run_py(["-m", *args, f"hydra.sweep.dir=multirun/host{i}"]),
                               cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -247,9 +243,6 @@ def test_two_sweepers_share_one_postgres_study(two_sweepers: Launch):
     print(f"two sweepers: {two_sweepers.seconds:.1f} s, trials per sweeper {launched}")
 
 
-@pytest.mark.xfail(strict=False, reason="the password of a PostgreSQL URL is still written to "
-                   "Hydra's files, config.yaml/hydra artifacts, checkpoints, sweep.json and the "
-                   "'overrides' param; being fixed in kdsweep (see docs/scaling.md)")
 def test_passwords_never_leak(postgres_server: PostgresServer, single_run: Launch,
                               two_sweepers: Launch):
     secret = postgres_server.password
@@ -269,20 +262,17 @@ def test_passwords_never_leak(postgres_server: PostgresServer, single_run: Launc
 
 # ------------------------------------------------------- first use of fresh databases, at once
 PARENT_RUN = """
-import sys
-from hydra_plugins.kdsweep_optuna_sweeper._tracking import ParentRun
+import sys, tempfile
+from kdsweep.tracking import open_store
 print("ready", flush=True)
 sys.stdin.readline()
-try:
-    print("ok", ParentRun(sys.argv[1], "kdsweep").experiment_id, flush=True)
+try:  # each its own lock directory: as on two machines
+    print("ok", open_store(sys.argv[1], "kdsweep", tempfile.mkdtemp()), flush=True)
 except Exception as e:
     print("error", type(e).__name__, str(e).splitlines()[0], flush=True)
 """
 
 
-@pytest.mark.xfail(strict=False, reason="two processes opening a fresh MLflow database at once race "
-                   "in MLflow's schema creation: one dies with UniqueViolation (pg_type_typname_nsp_"
-                   "index) in ParentRun -> MlflowClient(); being fixed (store creation under a lock)")
 def test_fresh_mlflow_database_opened_at_once(postgres_server: PostgresServer, tmp_path):
     """What two sweepers of one study do first, in two processes released at the same instant."""
     uri = postgres_server.url(postgres_server.create_database("fresh_mlflow"), driver="psycopg")
@@ -304,16 +294,12 @@ def test_fresh_mlflow_database_opened_at_once(postgres_server: PostgresServer, t
     assert results == ["ok 1", "ok 1"], results
 
 
-@pytest.mark.xfail(strict=False, reason="hydra_plugins/kdsweep_optuna_sweeper/_claims.py catches "
-                   "OperationalError/ProgrammingError around CREATE TABLE kdsweep_claims; PostgreSQL "
-                   "reports the concurrent creation as IntegrityError (UniqueViolation)")
 def test_claims_table_created_by_another_sweeper_meanwhile(postgres_server: PostgresServer):
     """Another sweeper's CREATE TABLE kdsweep_claims commits while ours waits on it."""
     import threading
 
     import psycopg
-
-    from hydra_plugins.kdsweep_optuna_sweeper._claims import Claims
+    from kdsweep.sweep.claims import Claims
 
     pg = postgres_server
     db = pg.create_database("claims_race")

@@ -18,9 +18,11 @@ from kdsweep.engine import DONE, PRUNED
 from kdsweep.errors import Pruned
 from kdsweep.run.pipeline import run, run_cohort
 from kdsweep.run.plan import Job
+from kdsweep.tracking import mask_files
 
 
 def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) -> float | dict:
+    mask_files(Path(output_dir, ".hydra").glob("*.yaml"))  # Hydra wrote the command line there
     members_file = cfg.get("sweep", {}).get("members_file") if cfg.get("sweep") else None
     if members_file:
         return run_fused(Path(members_file), Path(output_dir), cfg)

@@ -36,6 +36,7 @@ from kdsweep.engine import (
     resolve_precision,
     seed_everything,
 )
+from kdsweep.engine.memory import keep_freed_memory
 from kdsweep.errors import ConfigError
 from kdsweep.methods import create_method
 from kdsweep.models import count_macs, count_parameters, create_model
@@ -69,6 +70,7 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
         # and were measured 7-10x slower here (docs/benchmarks.md).
         torch.set_num_threads(int(cfg.cpu_threads))
     precision = resolve_precision(cfg.precision, device)
+    malloc = keep_freed_memory(device)  # CPU: glibc keeps activation buffers instead of re-faulting
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
     if data is None:
         data = build_data(cfg.dataset, batch_size=int(cfg.schedule.batch_size),
@@ -84,7 +86,7 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
     if teacher is not None:
         teacher.model.to(device)
     env = record.Env(uri=uri, experiment_id=experiment_id, device=describe_device(device),
-                     precision=precision.name, data=data, teacher=teacher)
+                     precision=precision.name, data=data, teacher=teacher, malloc=malloc)
     if teacher is not None:  # counted before the cohort freezes it (frozen weights are not counted)
         env.teacher_stats = {"teacher_params": count_parameters(teacher.model),
                              "teacher_macs": count_macs(teacher.model, data.image_size, device=device)}

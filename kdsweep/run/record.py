@@ -44,6 +44,7 @@ class Env:
     teacher: Teacher | None
     teacher_stats: dict[str, float] = field(default_factory=dict)
     teacher_acc: float | None = None
+    malloc: str = ""
 
 
 def run_name(p: Plan) -> str:
@@ -71,7 +72,8 @@ def start(p: Plan, env: Env) -> RunRecorder:
     tags = {"dataset": env.data.name, "num_classes": str(env.data.num_classes),
             "method": p.method.name, "student": p.cfg.student.name,
             "teacher": env.teacher.arch if env.teacher and p.method.needs_teacher else "none",
-            "device": env.device, "precision": env.precision, RUN_KEY_TAG: p.key,
+            "device": env.device, "precision": env.precision, "malloc": env.malloc,
+            RUN_KEY_TAG: p.key,
             RESUME_PATH_TAG: str(ckpt.last.resolve()), OWNER_TAG: liveness.owner_tag(),
             **parent_tags(p.cfg.get("sweep"))}
     fresh = p.previous is None or p.previous.checkpoint is None

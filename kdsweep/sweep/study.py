@@ -46,7 +46,7 @@ from kdsweep.sweep.settings import Context, Outcome, Settings, check_settings
 from kdsweep.sweep.space import Point, SearchSpaceError, format_override, suggest
 from kdsweep.sweep.storage import Heartbeat, TrialRef, job_url, make_storage, short, sqlite_kwargs
 from kdsweep.sweep.trial import STORAGE_ENV
-from kdsweep.tracking import mask_url, open_store
+from kdsweep.tracking import mask_files, mask_url, open_store
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ class Sweep:
                      "pruner": self.s.pruner, "fuse": self.s.fuse, "space": space.describe(),
                      "report": self.s.report}
         write_sweep_json(self.info, {self.study_dir, ctx.sweep_dir}, self.parent)
+        mask_files(ctx.sweep_dir.glob("*.yaml"))  # Hydra's multirun.yaml holds the command line
         os.environ[STORAGE_ENV] = job_url(url)  # trials report here; never in an override
         self.heartbeat = Heartbeat(url, self.s.heartbeat_interval)
         status = "FAILED"

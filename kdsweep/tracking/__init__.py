@@ -9,7 +9,7 @@
 from kdsweep.tracking.params import canonical, flatten, package_versions
 from kdsweep.tracking.recorder import RunRecorder, find_best_run
 from kdsweep.tracking.retries import retry
-from kdsweep.tracking.secrets import mask_text, mask_tree, mask_url
+from kdsweep.tracking.secrets import mask_files, mask_text, mask_tree, mask_url
 from kdsweep.tracking.store import (
     absolute_uri,
     check_uri,
@@ -26,6 +26,7 @@ __all__ = [
     "check_uri",
     "find_best_run",
     "flatten",
+    "mask_files",
     "mask_text",
     "mask_tree",
     "mask_url",

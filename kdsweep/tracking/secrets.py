@@ -11,8 +11,10 @@ parser would call the password.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 MASK = "***"
@@ -58,3 +60,25 @@ def mask_tree(obj: Any) -> Any:
     if isinstance(obj, str):
         return mask_text(obj)
     return obj
+
+
+def mask_files(paths: Iterable[Path]) -> list[Path]:
+    """Rewrite text files (Hydra's ``config.yaml``, ``hydra.yaml``, ``overrides.yaml``,
+    ``multirun.yaml``) with every URL's credentials masked; returns the files changed.
+
+    Hydra writes the command line and the composed config to disk before any kdsweep code runs;
+    a password typed into a URL override would stay there otherwise.
+    """
+    changed = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        masked = mask_text(text)
+        if masked != text:
+            tmp = path.with_name(f".{path.name}.masking")
+            tmp.write_text(masked)
+            os.replace(tmp, path)
+            changed.append(path)
+    return changed
