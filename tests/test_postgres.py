@@ -299,6 +299,7 @@ def test_claims_table_created_by_another_sweeper_meanwhile(postgres_server: Post
     import threading
 
     import psycopg
+
     from kdsweep.sweep.claims import Claims
 
     pg = postgres_server

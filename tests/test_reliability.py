@@ -36,6 +36,15 @@ BAD = [
     (["dataset=imagefolder", "dataset.root=/nonexistent/tree"], r"/nonexistent/tree"),
     (["teacher.checkpoint=/nonexistent/teacher.pt"], r"checkpoint '/nonexistent/teacher\.pt' does not exist"),
     (["+method.gamma=2"], r"method 'kd' has no option method\.gamma; valid: method\.T, method\.alpha"),
+    (["schedule.lr=inf"], r"schedule\.lr=inf must be a finite number"),
+    (["schedule.weight_decay=inf"], r"schedule\.weight_decay=inf must be a finite number"),
+    (["schedule.momentum=inf"], r"schedule\.momentum=inf must be a finite number"),
+    (["schedule.epochs=99999999999999999999999"], r"schedule\.epochs=99999999999999999999999 must be an integer in"),
+    (["schedule.batch_size=4294967296"], r"schedule\.batch_size=4294967296 must be an integer in"),
+    (["+unknown_key=1"], r"unknown config key 'unknown_key'"),
+    (["+train.foo=1"], r"unknown config key 'train\.foo'"),
+    (["tracking.uri=foo://host/db"], r"tracking\.uri='foo://host/db' has an unknown scheme 'foo'"),
+    (["student=resnet50"], r"student=resnet50: model 'resnet50' was renamed: use 'tv_resnet50'"),
 ]
 if not torch.cuda.is_available():
     BAD.append((["device=cuda"], r"device='cuda' but CUDA is not available here"))
@@ -51,8 +60,40 @@ def test_bad_input_is_one_line_and_writes_nothing(overrides, message, compose, m
     with pytest.raises(KDSweepError, match=message) as e:
         run(compose([*TINY, *overrides]), output_dir=tmp_path / "out")  # the case wins
     assert "\n" not in str(e.value)
-    assert no_runs()
+    assert not (tmp_path / "mlflow.db").exists(), "a refused run created the MLflow store"
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+BAD_FILES = {
+    "teacher checkpoint is a text file": ("teacher.pt", b"not a checkpoint\n",
+                                          ["teacher.checkpoint={f}"], r"not a PyTorch checkpoint"),
+    "teacher checkpoint is empty": ("teacher.pt", b"", ["teacher.checkpoint={f}"],
+                                    r"checkpoint '.*teacher\.pt' is empty"),
+    "mlflow.db is not a database": ("store.db", b"garbage" * 100,
+                                    ["tracking.uri=sqlite:///{f}"], r"is not an SQLite database"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
+def test_bad_files_are_one_line(case, compose, mlflow_uri, tmp_path):
+    name, content, overrides, message = BAD_FILES[case]
+    f = tmp_path / name
+    f.write_bytes(content)
+    with pytest.raises(KDSweepError, match=message) as e:
+        run(compose([*TINY, *(o.format(f=f) for o in overrides)]), output_dir=tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert f.read_bytes() == content  # nothing overwritten
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("override,key", [("schedule.batch_size=inf", "schedule.batch_size"),
+                                          ("seed=abc", "seed"), ("method.T=abc", "method.T")])
+def test_unconvertible_values_fail_at_composition_naming_the_key(override, key, tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), override], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    assert p.returncode != 0 and key in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "m.db").exists()
 
 
 def test_retry_waits_out_a_locked_database(monkeypatch):
@@ -111,3 +152,54 @@ def test_diverging_run_stops_and_is_failed_with_its_reason(compose, mlflow_uri, 
     (r,) = MlflowClient().search_runs([exp.experiment_id])
     assert r.info.status == "FAILED"
     assert r.data.tags["kdsweep.error"].startswith("TrainingDiverged: loss became")
+
+
+OPEN = """
+import sys
+from kdsweep.tracking import open_store
+print(open_store(sys.argv[1], "kdsweep", sys.argv[2]), flush=True)
+"""
+
+
+def test_concurrent_first_use_of_a_fresh_store(tmp_path):
+    """Four processes open one fresh SQLite store at once: all succeed, one schema, one experiment
+    (without the lock, 3 of 4 died here and one left the store half-migrated)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, uri, str(tmp_path / "locks")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [e[-2000:] for _, e in outs]
+    assert {o.strip() for o, _ in outs} == {"1"}
+
+
+def test_a_half_migrated_store_without_runs_is_recreated(tmp_path):
+    import sqlite3
+
+    from kdsweep.tracking import open_store
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:  # what an interrupted first migration leaves behind
+        con.execute("create table alembic_version (version_num varchar(32) not null)")
+        con.execute("insert into alembic_version values ('not-a-revision')")
+        con.execute("create table _alembic_tmp_params (x int)")
+    assert open_store(f"sqlite:///{db}", "kdsweep", tmp_path / "locks") == "1"
+    assert list(tmp_path.glob("mlflow.db.broken-*"))
+
+
+def test_a_broken_store_with_runs_is_refused_in_one_line(tmp_path):
+    import sqlite3
+
+    from kdsweep.errors import TrackingError
+    from kdsweep.tracking import open_store
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table alembic_version (version_num varchar(32) not null)")
+        con.execute("insert into alembic_version values ('not-a-revision')")
+        con.execute("create table runs (run_uuid varchar(32))")
+        con.execute("insert into runs values ('abc')")
+    with pytest.raises(TrackingError, match="mlflow db upgrade") as e:
+        open_store(f"sqlite:///{db}", "kdsweep", tmp_path / "locks")
+    assert "\n" not in str(e.value) and db.exists()

@@ -126,3 +126,32 @@ def test_a_run_whose_process_is_alive_is_not_taken_over():
     assert liveness.alive(liveness.parse_tag(f"{host}:{alive.pid}")) is False
     assert liveness.alive(liveness.parse_tag(f"other-host:{os.getpid()}")) is None
     assert liveness.alive(liveness.owner()) is True
+
+
+def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
+    """Killed after its MLflow run exists but before any last.pt: the re-run reopens that run
+    (it is not left RUNNING forever beside a new one) and finishes it."""
+    teacher = tmp_path / "teacher.pt"
+    save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
+                              "model": create_model("resnet8", num_classes=10).state_dict()})
+    args = [f"teacher.checkpoint={teacher}", "train.limit_train_batches=40", "schedule.epochs=2"]
+    p = launch(tmp_path, args)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the run exists, no checkpoint yet
+        time.sleep(0.05)
+        assert p.poll() is None
+        try:
+            exp = client.get_experiment_by_name("kdsweep")
+            if exp and client.search_runs([exp.experiment_id]):
+                break
+        except Exception:
+            continue
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    out = finished(launch(tmp_path, args))
+    assert "restarting MLflow run" in out
+    _, r = only_run(tmp_path)
+    assert r.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc")) == [1, 2]

@@ -13,6 +13,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from kdsweep.config.schema import RunConfig
+from kdsweep.engine.optim import OPTIMIZERS, SCHEDULES
 from kdsweep.errors import ConfigError
 from kdsweep.models import get_spec
 
@@ -70,6 +71,12 @@ def validate(cfg: Mapping[str, Any]) -> None:
             except ConfigError as e:
                 raise ConfigError(f"{role}={node['name']}: {e}") from None
     s = cfg["schedule"]
+    if str(s.get("optimizer", "sgd")).lower() not in OPTIMIZERS:
+        raise ConfigError(f"schedule.optimizer={s.get('optimizer')!r} is not supported; valid: "
+                          f"{', '.join(OPTIMIZERS)}")
+    if str(s.get("name", "cosine")).lower() not in SCHEDULES:
+        raise ConfigError(f"schedule.name={s.get('name')!r} is not a known schedule; valid: "
+                          f"{', '.join(SCHEDULES)}")
     epochs = s.get("epochs")
     _int_in("schedule.epochs", epochs, 1, MAX_EPOCHS)
     _positive("schedule.lr", s.get("lr"))

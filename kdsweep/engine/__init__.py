@@ -5,7 +5,12 @@ per-epoch behaviours are :class:`Callback` s that the caller supplies. The engin
 only through :class:`kdsweep.methods.Method`, and nothing of tracking or sweeps.
 """
 
-from kdsweep.engine.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from kdsweep.engine.checkpoint import (
+    check_checkpoint_file,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from kdsweep.engine.cohort import Cohort
 from kdsweep.engine.device import (
     Precision,
@@ -43,6 +48,7 @@ __all__ = [
     "RngStream",
     "build_optimizer",
     "build_scheduler",
+    "check_checkpoint_file",
     "describe_device",
     "evaluate",
     "load_checkpoint",

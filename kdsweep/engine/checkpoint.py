@@ -40,6 +40,25 @@ def save_checkpoint(path: str | Path, payload: Mapping[str, Any]) -> Path:
     return path
 
 
+def check_checkpoint_file(path: str | Path) -> Path:
+    """Refuse, before any work, a path that cannot hold a checkpoint: missing, empty, or not a
+    file ``torch.save`` writes (a zip archive, or a legacy pickle)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {e.strerror}") from None
+    if not head:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty")
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a PyTorch checkpoint (torch.save "
+                              "writes a zip archive); pass a .pt/.pth file")
+    return path
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely; any unreadable, truncated or code-carrying file -> CheckpointError."""
     path = Path(path)

@@ -29,6 +29,7 @@ from kdsweep.engine import (
     Member,
     RngStream,
     budget,
+    check_checkpoint_file,
     describe_device,
     evaluate,
     load_checkpoint,
@@ -44,7 +45,8 @@ from kdsweep.run import record
 from kdsweep.run.plan import Job, Plan, RunResult
 from kdsweep.run.resume import find_resumable, run_key
 from kdsweep.run.teachers import Teacher, load_recorded, resolve_teacher
-from kdsweep.tracking import absolute_uri, open_store
+from kdsweep.tracking import absolute_uri, check_uri, open_store, sqlite_path
+from kdsweep.tracking.store import check_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,13 @@ def _plan(job: Job) -> Plan:
     """Validate one member's config and create its method (checks its hyper-parameters)."""
     validate(job.cfg)
     method = create_method(job.cfg.method)
+    checkpoint = job.cfg.teacher.get("checkpoint") if job.cfg.get("teacher") else None
+    if method.needs_teacher and checkpoint:
+        check_checkpoint_file(checkpoint)
+    check_uri(str(job.cfg.tracking.uri))
+    path = sqlite_path(str(job.cfg.tracking.uri))
+    if path is not None:
+        check_sqlite_file(path, str(job.cfg.tracking.uri))
     composed = OmegaConf.to_container(job.cfg, resolve=True)
     if not method.needs_teacher:
         composed.pop("teacher", None)
@@ -219,7 +228,11 @@ def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device
 
 def _resume_state(p: Plan) -> None:
     """Continue a resumed member from its ``last.pt`` (exactly: weights, optimiser, RNG, history)."""
-    if p.previous is None or p.previous.checkpoint is None:
+    if p.previous is None:
+        return
+    if p.previous.checkpoint is None:
+        print(f"kdsweep: restarting MLflow run {p.previous.run_id} from epoch 1 (its process died "
+              "before the first checkpoint)", flush=True)
         return
     state = load_checkpoint(p.previous.checkpoint)
     p.member.load_state_dict(state["trainer"])

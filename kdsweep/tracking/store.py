@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def sqlite_path(uri: str) -> Path | None:
     return None
 
 
-def _check_sqlite_file(path: Path, uri: str) -> None:
+def check_sqlite_file(path: Path, uri: str) -> None:
     where = mask_url(uri)
     folder = path.parent if str(path.parent) else Path(".")
     if path.exists():
@@ -113,6 +114,24 @@ def _open(uri: str, experiment: str) -> str:
         return exp.experiment_id
 
 
+def _probe(uri: str) -> None:
+    """Create or check an SQLite store before any client caches it.
+
+    MLflow keeps one engine per URI for the process (``SqlAlchemyStore._engine_map``, no public
+    way to drop it); after a failed check that engine still holds the broken file open, so it is
+    dropped here before the file is moved aside.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    try:
+        SqlAlchemyStore(uri, str(Path(tempfile.gettempdir()) / "kdsweep-probe-artifacts"))
+    except Exception:
+        engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+        raise
+
+
 def _client_with_store(uri: str) -> MlflowClient:
     client = MlflowClient(tracking_uri=uri)
     client.search_experiments(max_results=1)  # touches the store: creates or checks its schema
@@ -127,9 +146,11 @@ def open_store(uri: str, experiment: str, lock_dir: str | Path = ".kdsweep/locks
     check_uri(uri)
     path = sqlite_path(uri)
     if path is not None:
-        _check_sqlite_file(path, uri)
+        check_sqlite_file(path, uri)
     with _lock_for(uri, Path(lock_dir)):
         try:
+            if path is not None:
+                _probe(uri)
             return _open(uri, experiment)
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
