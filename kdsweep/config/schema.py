@@ -19,6 +19,7 @@ from omegaconf import MISSING
 
 from kdsweep.data.build import DatasetConf
 from kdsweep.engine.optim import ScheduleConf
+from kdsweep.reducenet.conf import ReduceNetConf, StudentAdaptConf
 
 
 @dataclass
@@ -33,6 +34,9 @@ class TeacherConf:
 class StudentConf:
     name: str = MISSING
     pretrained: bool = False
+    init: str | None = None         # a checkpoint whose tensors initialise the student by name
+    adapt: StudentAdaptConf = field(default_factory=StudentAdaptConf)  # frozen modules, LoRA
+                                    # branches fused at the end (kdsweep/run/adapt.py)
 
 
 @dataclass
@@ -80,3 +84,4 @@ class RunConfig:
     train: TrainConf = field(default_factory=TrainConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     sweep: SweepConf = field(default_factory=SweepConf)
+    reducenet: ReduceNetConf | None = None  # experiment=reducenet: three stages (run/stages.py)

@@ -41,7 +41,7 @@ from kdsweep.engine.memory import keep_freed_memory
 from kdsweep.errors import ConfigError
 from kdsweep.methods import create_method
 from kdsweep.models import count_macs, count_parameters, create_model
-from kdsweep.run import record
+from kdsweep.run import adapt, record
 from kdsweep.run.plan import Job, Plan, RunResult
 from kdsweep.run.resume import find_resumable, run_key
 from kdsweep.run.teachers import Teacher, load_recorded, resolve_teacher
@@ -126,6 +126,8 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
     finally:
         cohort.close()
     wall = time.perf_counter() - started
+    for p in plans:  # student.adapt: LoRA branches fused, the fused student becomes best.pt
+        adapt.finish(p, data, precision, cfg.train.limit_val_batches)
     results = [record.finish(p, env, wall) for p in plans]
     print(record.summary(plans, env, results), flush=True)
     return results
@@ -138,6 +140,7 @@ def _plan(job: Job) -> Plan:
     checkpoint = job.cfg.teacher.get("checkpoint") if job.cfg.get("teacher") else None
     if method.needs_teacher and checkpoint:
         check_checkpoint_file(checkpoint)
+    adapt.check(job.cfg)  # student.init / student.adapt
     check_uri(str(job.cfg.tracking.uri))
     path = sqlite_path(str(job.cfg.tracking.uri))
     if path is not None:
@@ -197,6 +200,7 @@ def _member(p: Plan, data: DataBundle, device: torch.device) -> Member:
     p.method.to(device)
     p.stats = {"student_params": count_parameters(student),
                "student_macs": count_macs(student, data.image_size, device=device)}
+    p.stats.update(adapt.prepare(student, cfg, data))  # student.init / student.adapt, after counting
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
     return Member(record.run_name(p), student, p.method, schedule, arch=cfg.student.name,
                   rng=RngStream(device))

@@ -1,0 +1,202 @@
+"""The student hook: ``student.init`` and ``student.adapt``, for any student (ReduceNet uses both).
+
+- ``student.init=PATH``: after the student is built, every tensor of the checkpoint whose name and
+  shape the student has is copied into it; the student's other tensors keep their fresh
+  initialisation ("grow": ReduceNet's bottleneck branches) and the checkpoint's other tensors are
+  dropped ("shrink"). A name with another shape, another class count, or no name in common is
+  refused with one line. The counts are logged (``init_tensors_loaded``, ``_fresh``, ``_dropped``).
+- ``student.adapt``: ``freeze`` (module paths whose parameters are not trained, e.g. ``[fc]``),
+  ``lora_rank`` (a LoRA branch beside every convolution, :mod:`kdsweep.reducenet.lora`),
+  ``lambda_relu`` and ``anneal`` (VanillaNet's LambdaReLU in the branch, ReLU -> identity over
+  that fraction of the steps). When the run finishes, the branches are fused into their
+  convolutions: the student is then exactly the plain architecture (same tensors, parameters and
+  MACs, checked), ``checkpoints/best.pt`` holds the fused final weights, and ``best_val_acc`` is
+  the fused student's validation accuracy (the training-time best is ``unfused_best_val_acc``).
+
+The pipeline calls :func:`check` before any work, :func:`prepare` once the student is built and
+:func:`finish` after training, before the run's record is closed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdsweep.data.build import launch_dir
+from kdsweep.engine import (
+    DONE,
+    FAILED,
+    check_checkpoint_file,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+)
+from kdsweep.engine.checkpoint import FORMAT
+from kdsweep.errors import CheckpointError, ConfigError, KDSweepError
+from kdsweep.models import count_macs, count_parameters, create_model, resolve_module
+from kdsweep.reducenet.conf import StudentAdaptConf
+from kdsweep.reducenet.lora import attach_lora, fuse_lora, lora_of
+from kdsweep.run.callbacks import Checkpoints
+
+__all__ = ["adapt_conf", "check", "finish", "init_path", "load_init", "prepare"]
+
+
+def init_path(value: str) -> Path:
+    """``student.init`` as a file: relative paths are relative to the launch directory."""
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else launch_dir() / path
+
+
+def adapt_conf(node: Any) -> StudentAdaptConf | None:
+    """``student.adapt`` checked and typed (one line per bad value), or None."""
+    if node is None:
+        return None
+    node = dict(node)
+    declared = {f.name for f in fields(StudentAdaptConf)}
+    unknown = sorted(set(node) - declared)
+    if unknown:
+        raise ConfigError(f"student.adapt has no option {unknown[0]!r}; valid: "
+                          + ", ".join(sorted(declared)))
+    conf = StudentAdaptConf(**node)
+    conf.freeze = [str(p) for p in (conf.freeze or [])]
+    rank = conf.lora_rank
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= 4096:
+        raise ConfigError(f"student.adapt.lora_rank={rank!r} must be an integer in [0, 4096]")
+    if not isinstance(conf.lambda_relu, bool):
+        raise ConfigError(f"student.adapt.lambda_relu={conf.lambda_relu!r} must be true or false")
+    if conf.lambda_relu and rank == 0:
+        raise ConfigError("student.adapt.lambda_relu=true needs LoRA branches: set "
+                          "student.adapt.lora_rank >= 1")
+    try:
+        anneal = float(conf.anneal)
+    except (TypeError, ValueError):
+        raise ConfigError(f"student.adapt.anneal={conf.anneal!r} is not a number") from None
+    if not 0 < anneal <= 1:
+        raise ConfigError(f"student.adapt.anneal={conf.anneal!r} must be in (0, 1]: lambda must "
+                          "reach 1 (a linear, fusable branch) by the end of training")
+    conf.anneal = anneal
+    return conf
+
+
+def check(cfg: Mapping[str, Any]) -> None:
+    """Refuse a bad ``student.init`` / ``student.adapt`` before any work."""
+    student = cfg["student"]
+    if student.get("init"):
+        check_checkpoint_file(init_path(student["init"]))
+    conf = adapt_conf(student.get("adapt"))
+    if conf and conf.freeze:
+        with torch.device("meta"):
+            model = create_model(str(student["name"]), num_classes=2)
+        for path in conf.freeze:
+            try:
+                resolve_module(model, path)
+            except ConfigError:
+                raise ConfigError(f"student.adapt.freeze: {student['name']} has no module "
+                                  f"{path!r}") from None
+
+
+def _patterns(names: set[str]) -> str:
+    """A short description of tensor names: ``layer*.*.bottleneck.*`` instead of 108 names."""
+    pats = sorted({re.sub(r"\d+", "*", n.rsplit(".", 1)[0]) + ".*" for n in names})
+    return ", ".join(pats[:4]) + (f" (+{len(pats) - 4} more)" if len(pats) > 4 else "")
+
+
+def load_init(student: nn.Module, path: Path, *, arch: str, num_classes: int) -> dict[str, int]:
+    """Copy every tensor of ``path`` that ``student`` has (same name and shape) into it."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") == FORMAT and int(ckpt.get("num_classes", num_classes)) != num_classes:
+        raise CheckpointError(f"student.init {str(path)!r} has {ckpt.get('num_classes')} classes "
+                              f"but the data set has {num_classes}")
+    state = next((ckpt[k] for k in ("model", "state_dict") if isinstance(ckpt.get(k), Mapping)),
+                 ckpt)
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    own = student.state_dict()
+    common = own.keys() & state.keys()
+    if not common:
+        raise CheckpointError(f"student.init {str(path)!r} shares no tensor name with a {arch!r} "
+                              "model")
+    for k in sorted(common):
+        if own[k].shape != state[k].shape:
+            raise CheckpointError(
+                f"student.init {str(path)!r} does not fit {arch!r}: {k} is "
+                f"{tuple(state[k].shape)} there and {tuple(own[k].shape)} here")
+    student.load_state_dict({k: state[k] for k in common}, strict=False)
+    fresh, dropped = own.keys() - state.keys(), state.keys() - own.keys()
+    source = ckpt.get("arch") or "checkpoint"
+    print(f"kdsweep: student {arch} initialised from {source} ({path}): {len(common)} tensors "
+          f"loaded" + (f", {len(fresh)} fresh ({_patterns(fresh)})" if fresh else "")
+          + (f", {len(dropped)} dropped ({_patterns(dropped)})" if dropped else ""), flush=True)
+    return {"init_tensors_loaded": len(common), "init_tensors_fresh": len(fresh),
+            "init_tensors_dropped": len(dropped)}
+
+
+def prepare(student: nn.Module, cfg: Mapping[str, Any], data: Any) -> dict[str, float]:
+    """Initialise and adapt a freshly built student in place; returns metrics to log."""
+    stats: dict[str, float] = {}
+    node = cfg["student"]
+    if node.get("init"):
+        stats.update(load_init(student, init_path(node["init"]), arch=str(node["name"]),
+                               num_classes=data.num_classes))
+    conf = adapt_conf(node.get("adapt"))
+    if conf is None or conf == StudentAdaptConf():  # the default: nothing to do
+        return stats
+    for path in conf.freeze:
+        resolve_module(student, path).requires_grad_(False)
+    if conf.lora_rank:
+        limit = cfg["train"].get("limit_train_batches")
+        steps = min(len(data.train), limit or len(data.train)) * int(cfg["schedule"]["epochs"])
+        lora = attach_lora(student, conf.lora_rank, lambda_relu=conf.lambda_relu,
+                           anneal_steps=math.ceil(conf.anneal * steps))
+        stats["lora_params"] = lora.extra_parameters()
+    stats["trainable_params"] = count_parameters(student)
+    return stats
+
+
+def finish(p: Any, data: Any, precision: Any, limit_val_batches: int | None) -> None:
+    """Fuse a finished student's LoRA branches; a failure fails the member (one line)."""
+    m = p.member
+    if m is None or m.status != DONE or lora_of(m.student) is None:
+        return
+    try:
+        _fuse(p, data, precision, limit_val_batches)
+    except KDSweepError as e:
+        m.stop(FAILED, e)
+
+
+def _fuse(p: Any, data: Any, precision: Any, limit_val_batches: int | None) -> None:
+    m, student = p.member, p.member.student
+    conf = adapt_conf(p.cfg.student.get("adapt"))
+    x = next(iter(data.val))[0][:64]
+    student.eval()
+    with torch.no_grad():
+        before = student(x).float()
+        convs = fuse_lora(student)
+        diff = float((student(x).float() - before).abs().max())
+    for path in conf.freeze:  # the deployed student is a plain model again
+        resolve_module(student, path).requires_grad_(True)
+    params, macs = count_parameters(student), count_macs(student, data.image_size)
+    if (params, macs) != (p.stats["student_params"], p.stats["student_macs"]):
+        raise RuntimeError(f"fused student: {params} params / {macs} MACs, plain "
+                           f"{p.stats['student_params']} / {p.stats['student_macs']}")
+    val_loss, val_acc = evaluate(student, data.val, precision, limit_val_batches)
+    r = m.result
+    unfused_best, unfused_epoch = r.best_val_acc, r.best_epoch
+    r.best_val_acc, r.best_epoch = val_acc, len(r.history) - 1
+    ckpt = next(cb for cb in m.callbacks if isinstance(cb, Checkpoints))
+    save_checkpoint(ckpt.best, {**ckpt.header, "model": student.state_dict(),
+                                "method": m.method.state_dict(), "epoch": len(r.history),
+                                "val_acc": val_acc, "fused": True})
+    print(f"kdsweep: {m.name}: {convs} LoRA branches fused into their convolutions (max |logit "
+          f"difference| {diff:.2e}); fused student val acc {val_acc:.2f}%", flush=True)
+    p.recorder.log_metrics({"fused_val_acc": val_acc, "fused_val_loss": val_loss,
+                            "fuse_max_abs_diff": diff, "fused_convs": convs,
+                            "unfused_best_val_acc": unfused_best,
+                            "unfused_best_epoch": unfused_epoch + 1})
+    p.recorder.set_tags({"student_fused": "true"})
