@@ -18,6 +18,7 @@ from kdsweep.engine import DONE, PRUNED
 from kdsweep.errors import Pruned
 from kdsweep.run.pipeline import run, run_cohort
 from kdsweep.run.plan import Job
+from kdsweep.run.stages import run_reducenet, run_reducenet_cohort
 from kdsweep.tracking import mask_files
 
 
@@ -27,6 +28,9 @@ def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) ->
     if members_file:
         return run_fused(Path(members_file), Path(output_dir), cfg)
     try:
+        if cfg.get("reducenet") is not None:  # experiment=reducenet: three stages (run/stages.py)
+            return run_reducenet(cfg, output_dir=output_dir, overrides=overrides,
+                                 label=_label(cfg)).best_val_acc
         return run(cfg, output_dir=output_dir, overrides=overrides,
                    label=_label(cfg)).best_val_acc
     except Pruned as e:
@@ -53,7 +57,10 @@ def run_fused(members_file: Path, output_dir: Path, job_cfg: DictConfig) -> dict
                                           "trial_number": int(m["number"]), "members_file": None}})
         jobs.append(Job(cfg, output_dir.parent / str(m["number"]), list(m["overrides"]),
                         label=m.get("label") or f"t{int(m['number']):02d}"))
-    results = run_cohort(jobs)
+    if any(j.cfg.get("reducenet") is not None for j in jobs):  # ReduceNet trials (run/stages.py)
+        results = run_reducenet_cohort(jobs)
+    else:
+        results = run_cohort(jobs)
     out: dict[int, Any] = {}
     for m, r in zip(spec["members"], results, strict=True):
         if r.status == DONE:
