@@ -141,6 +141,31 @@ def test_fusing_is_refused_until_lambda_relu_is_the_identity():
     assert fuse_lora(linear) == 21
 
 
+def test_student_init_grows_shrinks_and_refuses_what_does_not_fit(tmp_path):
+    from kdsweep.engine import save_checkpoint
+    from kdsweep.errors import CheckpointError
+    from kdsweep.run.adapt import load_init
+
+    torch.manual_seed(0)
+    small = create_model("resnet20", 10)
+    path = save_checkpoint(tmp_path / "s.pt", {"arch": "resnet20", "num_classes": 10,
+                                               "model": small.state_dict()})
+    grown = create_model("reduce20", 10)
+    counts = load_init(grown, path, arch="reduce20", num_classes=10)
+    assert counts == {"init_tensors_loaded": 128, "init_tensors_fresh": 108,
+                      "init_tensors_dropped": 0}
+    assert torch.equal(grown.layer3[2].conv2.weight, small.layer3[2].conv2.weight)
+    with pytest.raises(CheckpointError, match="has 10 classes but the data set has 100"):
+        load_init(create_model("reduce20", 100), path, arch="reduce20", num_classes=100)
+    with pytest.raises(CheckpointError, match=r"does not fit 'reduce20_e2'|shares no tensor"):
+        wide = save_checkpoint(tmp_path / "w.pt", {"arch": "reduce20_e4", "num_classes": 10,
+                                                   "model": create_model("reduce20_e4", 10).state_dict()})
+        load_init(create_model("reduce20_e2", 10), wide, arch="reduce20_e2", num_classes=10)
+    with pytest.raises(CheckpointError, match="shares no tensor name"):
+        vgg = save_checkpoint(tmp_path / "v.pt", {"model": create_model("vgg8", 10).state_dict()})
+        load_init(create_model("resnet20", 10), vgg, arch="resnet20", num_classes=10)
+
+
 # ----------------------------------------------------------------------- three stages
 def test_three_stages_run_linked_fused_and_rerun_reuses_them(compose, experiment, tmp_path, capsys,
                                                             data):

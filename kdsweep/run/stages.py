@@ -305,12 +305,16 @@ def _result_of(r: Any) -> RunResult:
                      m.get("teacher_val_acc"), folder / "best.pt")
 
 
-def _teacher_stages(d: Driver, cfg: DictConfig, net: Net, out: Path) -> list[Stage]:
+def _teacher_stages(d: Driver, cfg: DictConfig, net: Net, out: Path,
+                    overrides: Sequence[str]) -> list[Stage]:
+    """Stages 1 and 2, found or trained; each records the command's overrides."""
     stages: list[Stage] = []
     if net.conf.small:
-        stages.append(d.stage("small", stage_config(cfg, net, "small"), out / "small"))
+        stages.append(d.stage("small", stage_config(cfg, net, "small"), out / "small",
+                              overrides=overrides))
     init = stages[-1].run_id if stages else None
-    stages.append(d.stage("grow", stage_config(cfg, net, "grow", init), out / "grow"))
+    stages.append(d.stage("grow", stage_config(cfg, net, "grow", init), out / "grow",
+                          overrides=overrides))
     return stages
 
 
@@ -326,7 +330,7 @@ def run_reducenet(cfg: DictConfig, *, output_dir: str | Path, overrides: Sequenc
     net = check(cfg)
     out = Path(output_dir)
     d = Driver(cfg, data)
-    stages = _teacher_stages(d, cfg, net, out)
+    stages = _teacher_stages(d, cfg, net, out, overrides)
     sweep = _in_sweep(cfg)
     shrink = d.stage("shrink", stage_config(cfg, net, "shrink", stages[-1].run_id), out / "shrink",
                      label=label, overrides=overrides, reuse=not sweep)
@@ -342,7 +346,7 @@ def run_reducenet_cohort(jobs: Sequence[Job]) -> list[RunResult]:
     d = Driver(jobs[0].cfg)
     shrinks, teachers = [], []
     for j, net in zip(jobs, nets, strict=True):
-        st = _teacher_stages(d, j.cfg, net, j.output_dir)
+        st = _teacher_stages(d, j.cfg, net, j.output_dir, j.overrides)
         teachers.append(st)
         cfg3 = stage_config(j.cfg, net, "shrink", st[-1].run_id)
         shrinks.append(Job(cfg3, j.output_dir / "shrink", j.overrides, j.label))
