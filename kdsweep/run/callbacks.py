@@ -35,8 +35,7 @@ class Checkpoints(Callback):
     def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
                      is_best: bool) -> None:
         if is_best:
-            save_checkpoint(self.best, {**self.header, "model": member.student.state_dict(),
-                                        "method": member.method.state_dict(), "epoch": epoch + 1,
+            save_checkpoint(self.best, {**self.header, **member.best_weights(), "epoch": epoch + 1,
                                         "val_acc": metrics["val_acc"]})
         done = epoch + 1
         if self.every and (done % self.every == 0 or done == self.epochs):

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.config import validate
 from kdsweep.config.cohort import differences
-from kdsweep.data import DataBundle, build_data
+from kdsweep.data import DataBundle, build_data, derive_seed
 from kdsweep.data.build import launch_dir
 from kdsweep.engine import (
     DONE,
@@ -38,6 +38,7 @@ from kdsweep.engine import (
     seed_everything,
 )
 from kdsweep.engine.memory import keep_freed_memory
+from kdsweep.engine.peers import PeerGroup
 from kdsweep.errors import ConfigError
 from kdsweep.methods import create_method
 from kdsweep.models import count_macs, count_parameters, create_model
@@ -189,17 +190,31 @@ def teacher_cfg(cfg: DictConfig) -> DictConfig:
 
 
 def _member(p: Plan, data: DataBundle, device: torch.device) -> Member:
-    """The member's student, initialised exactly as in its solo run (seeded just before)."""
+    """The member's student, initialised exactly as in its solo run (seeded just before); a method
+    that couples peers (``peer_methods``, e.g. ModReduce) gets a :class:`PeerGroup` of students
+    created one after another from the same seed, as the published code does."""
     cfg = p.cfg
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    student = create_model(cfg.student.name, num_classes=data.num_classes,
-                           pretrained=bool(cfg.student.get("pretrained", False))).to(device)
-    p.method.to(device)
-    p.stats = {"student_params": count_parameters(student),
-               "student_macs": count_macs(student, data.image_size, device=device)}
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    return Member(record.run_name(p), student, p.method, schedule, arch=cfg.student.name,
-                  rng=RngStream(device))
+    peer_methods = p.method.peer_methods() if hasattr(p.method, "peer_methods") else None
+    students = [create_model(cfg.student.name, num_classes=data.num_classes,
+                             pretrained=bool(cfg.student.get("pretrained", False))).to(device)
+                for _ in (peer_methods or [None])]
+    p.method.to(device)
+    p.stats = {"student_params": count_parameters(students[0]),
+               "student_macs": count_macs(students[0], data.image_size, device=device)}
+    if peer_methods is None:
+        return Member(record.run_name(p), students[0], p.method, schedule, arch=cfg.student.name,
+                      rng=RngStream(device))
+    peers = []
+    for k, (name, student, method) in enumerate(zip(p.method.peer_names, students, peer_methods,
+                                                    strict=True)):
+        method.to(device)
+        torch.manual_seed(derive_seed(int(cfg.seed), k))  # each peer its own RNG stream
+        peers.append(Member(f"{record.run_name(p)} [{name}]", student, method, schedule,
+                            arch=cfg.student.name, rng=RngStream(device)))
+    return PeerGroup(record.run_name(p), peers, p.method, arch=cfg.student.name,
+                     rng=RngStream(device))
 
 
 def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device,
@@ -210,8 +225,9 @@ def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device
     x = next(iter(data.train))[0][:2]
     cfg = plans[0].cfg
     bs = int(cfg.schedule.batch_size)
-    needs = [budget.member_bytes(p.member.student, p.method.extra_parameters(),
-                                 str(p.cfg.schedule.optimizer), bs, p.member.student, x)
+    needs = [len(getattr(p.member, "peers", [None]))  # a PeerGroup trains several students
+             * budget.member_bytes(p.member.student, p.method.extra_parameters(),
+                                   str(p.cfg.schedule.optimizer), bs, p.member.student, x)
              for p in plans]
     fixed = budget.teacher_bytes(teacher.model, teacher.model, x, bs) if teacher else 0
     room = int(budget.available_bytes(device) * budget.SAFETY) - fixed
