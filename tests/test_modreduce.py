@@ -82,3 +82,37 @@ def test_the_deployed_checkpoint_is_the_best_peer():
     g.peers[k].student.eval()
     with torch.no_grad():
         assert torch.equal(plain(x), g.peers[k].student(x))
+
+
+def test_the_published_table_preset_runs_offline(tmp_path):
+    """The 15-pair preset's first pair (its 5 methods), smoke-sized, as one fused job."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from kdsweep.engine import save_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    teacher = tmp_path / "wrn_40_2.pt"
+    save_checkpoint(teacher, {"arch": "wrn_40_2", "num_classes": 10,
+                              "model": create_model("wrn_40_2", num_classes=10).state_dict()})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    p = subprocess.run(
+        [sys.executable, str(root / "run.py"), "-m", "experiment=modreduce_cifar100", "debug=smoke",
+         "hydra.sweeper.n_trials=5", "hydra.sweeper.fuse=5", "schedule.epochs=1",
+         "train.limit_train_batches=2", "train.limit_val_batches=1", "schedule.eval_batch_size=100",
+         "schedule.batch_size=32", f"teacher.checkpoint={teacher}",
+         "cpu_threads=1"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "5 trials in 1 job(s): 5 fused" in p.stdout
+    client = MlflowClient(uri)
+    runs = client.search_runs(["1"], "tags.`optuna.trial` != ''")
+    assert sorted(r.data.tags["method"] for r in runs) == ["ce", "crd", "kd", "modreduce", "semckd"]
+    mr = next(r for r in runs if r.data.tags["method"] == "modreduce")
+    assert mr.info.status == "FINISHED"
+    assert {"val_acc_resp", "val_acc_rel", "val_acc_feat", "val_acc_aggregate"} <= set(mr.data.metrics)

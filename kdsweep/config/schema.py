@@ -26,7 +26,8 @@ class TeacherConf:
     name: str = MISSING
     checkpoint: str | None = None   # a file; null: the best finished ce run in MLflow, or train one
     pretrained: bool = False        # torchvision (tv_*) models: published ImageNet weights
-    min_val_acc: float | None = None  # refuse a recorded teacher below this validation accuracy
+    min_val_acc: float | None = None  # a teacher found in MLflow must have at least this val acc
+    same_schedule: bool = False     # ... and have been trained on this run's schedule
 
 
 @dataclass
@@ -50,6 +51,9 @@ class TrainConf:
 class TrackingConf:
     uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlflow.db}"  # relative to the launch dir
     experiment: str = "kdsweep"
+    # The best checkpoint also as an MLflow logged model (a few seconds per run; the test suite
+    # sets KDSWEEP_LOG_MODEL=false except where it checks it).
+    log_model: bool = "${oc.env:KDSWEEP_LOG_MODEL,true}"  # type: ignore[assignment]
     lock_dir: str = ".kdsweep/locks"  # file locks: a shared teacher is trained once, a store
                                       # is created once
 
@@ -62,6 +66,7 @@ class SweepConf:
     study_name: str | None = None
     trial_number: int | None = None
     members_file: str | None = None   # a fused job: the file listing its member trials
+    label: str | None = None          # what the trial varies ("t05 alpha=0.4 T=4"): its run name
 
 
 @dataclass

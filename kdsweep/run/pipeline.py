@@ -45,7 +45,13 @@ from kdsweep.models import count_macs, count_parameters, create_model
 from kdsweep.run import record
 from kdsweep.run.plan import Job, Plan, RunResult
 from kdsweep.run.resume import find_resumable, run_key
-from kdsweep.run.teachers import Teacher, load_recorded, resolve_teacher
+from kdsweep.run.teachers import (
+    Teacher,
+    TeacherRequirements,
+    load_recorded,
+    resolve_teacher,
+    schedule_key,
+)
 from kdsweep.tracking import absolute_uri, check_uri, open_store, sqlite_path
 from kdsweep.tracking.store import check_sqlite_file
 
@@ -173,10 +179,13 @@ def _teacher(plans: Sequence[Plan], data: DataBundle, client: MlflowClient,
         out = plans[0].job.output_dir / "teacher"
         return run(teacher_cfg(cfg), output_dir=out, data=data, label="teacher").run_id
 
+    req = TeacherRequirements(schedule_key(cfg), int(cfg.schedule.epochs),
+                              cfg.teacher.get("min_val_acc"), bool(cfg.teacher.get("same_schedule")))
     return resolve_teacher(client, arch=cfg.teacher.name, checkpoint=cfg.teacher.get("checkpoint"),
                            dataset=data.name, num_classes=data.num_classes,
                            experiment_id=experiment_id,
-                           lock_dir=launch_dir() / cfg.tracking.lock_dir, train=train_teacher)
+                           lock_dir=launch_dir() / cfg.tracking.lock_dir, train=train_teacher,
+                           req=req)
 
 
 def teacher_cfg(cfg: DictConfig) -> DictConfig:

@@ -7,6 +7,7 @@ per-epoch metrics, costs, teacher link, checkpoints and the reason it failed, if
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ from pathlib import Path
 from kdsweep import liveness
 from kdsweep.data import DataBundle
 from kdsweep.engine import DIVERGED, DONE, FAILED, PRUNED
-from kdsweep.run.callbacks import Checkpoints, EpochMetrics, PruningReports
+from kdsweep.run import artifacts
+from kdsweep.run.callbacks import Checkpoints, EpochMetrics, PruningReports, epoch_metrics
 from kdsweep.run.plan import Plan, RunResult
 from kdsweep.run.resume import OWNER_TAG, RESUME_PATH_TAG, RUN_KEY_TAG, logged_epochs
-from kdsweep.run.teachers import CHECKPOINT_ARTIFACT, Teacher
+from kdsweep.run.teachers import CHECKPOINT_ARTIFACT, SCHEDULE_TAG, Teacher, schedule_key
 from kdsweep.sweep.trial import TrialReporter, parent_tags
 from kdsweep.tracking import (
     RunRecorder,
@@ -29,6 +31,7 @@ from kdsweep.tracking import (
     ui_command,
 )
 
+log = logging.getLogger(__name__)
 STATUS = {DONE: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", FAILED: "FAILED"}
 
 
@@ -53,7 +56,7 @@ def run_name(p: Plan) -> str:
         return f"teacher {cfg.student.name}"
     base = (f"{p.method.name} {cfg.teacher.name}->{cfg.student.name}" if p.method.needs_teacher
             else f"{p.method.name} {cfg.student.name}")
-    return f"{p.job.label} {base}" if p.job.label else base
+    return f"{p.job.label} ({base})" if p.job.label else base
 
 
 def _checkpoint_dir(p: Plan) -> Path:
@@ -73,7 +76,7 @@ def start(p: Plan, env: Env) -> RunRecorder:
             "method": p.method.name, "student": p.cfg.student.name,
             "teacher": env.teacher.arch if env.teacher and p.method.needs_teacher else "none",
             "device": env.device, "precision": env.precision, "malloc": env.malloc,
-            RUN_KEY_TAG: p.key,
+            RUN_KEY_TAG: p.key, SCHEDULE_TAG: schedule_key(p.cfg),
             RESUME_PATH_TAG: str(ckpt.last.resolve()), OWNER_TAG: liveness.owner_tag(),
             **parent_tags(p.cfg.get("sweep"))}
     fresh = p.previous is None or p.previous.checkpoint is None
@@ -82,11 +85,12 @@ def start(p: Plan, env: Env) -> RunRecorder:
                             description=_description(p))
     if fresh:
         _log_setup(rec, p, env)
+        artifacts.log_dataset(rec, env.data, artifacts.dataset_source(p.cfg.dataset))
     else:  # epochs saved in last.pt whose metrics never reached MLflow (killed in between)
         logged = logged_epochs(rec.client, rec.run_id)
         for h in p.member.result.history:
             if h["epoch"] + 1 not in logged:
-                rec.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
+                rec.log_metrics(epoch_metrics(h), step=h["epoch"] + 1)
     p.member.callbacks = [ckpt, EpochMetrics(rec)]
     reporter = TrialReporter.from_cfg(p.cfg.get("sweep"))
     if reporter is not None:
@@ -107,11 +111,12 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
                     "overrides": mask_text(" ".join(p.job.overrides)) or "(none)"})
     rec.set_tags({f"env.{k}": v for k, v in package_versions().items()})
     rec.log_dict(p.masked, "config.yaml")
-    rec.log_metrics({**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
-                     "method_extra_params": p.method.extra_parameters(),
-                     **({"compression_ratio": p.stats["student_params"]
-                         / env.teacher_stats["teacher_params"]}
-                        if env.teacher_stats and p.method.needs_teacher else {})})
+    costs = {**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
+             "method_extra_params": p.method.extra_parameters()}
+    if env.teacher_stats and p.method.needs_teacher:
+        costs["compression_ratio"] = round(p.stats["student_params"]
+                                           / env.teacher_stats["teacher_params"], 6)
+    rec.log_params({f"cost.{k}": int(v) if float(v).is_integer() else v for k, v in costs.items()})
     hydra_dir = p.job.output_dir / ".hydra"
     if hydra_dir.is_dir():
         rec.log_artifacts(hydra_dir, "hydra")
@@ -120,7 +125,7 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
         rec.set_tags({"teacher_source": t.source, "teacher_path": mask_url(t.path),
                       "teacher_run_id": t.run_id or ""})
         if env.teacher_acc is not None:
-            rec.log_metrics({"teacher_val_acc": env.teacher_acc})
+            rec.log_params({"teacher.val_acc": round(env.teacher_acc, 4)})
 
 
 def abort(plans: Sequence[Plan], err: BaseException) -> None:
@@ -148,6 +153,11 @@ def finish(p: Plan, env: Env, wall: float) -> RunResult:
                          "train_val_gap": r.train_val_gap, "wall_time_s": wall})
         if ckpt.is_file():
             rec.log_artifact(ckpt, Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+            if p.cfg.tracking.get("log_model", True):
+                try:
+                    artifacts.log_best_model(rec, env.uri, ckpt, env.data)
+                except Exception as e:  # the checkpoint is logged; the model view is a bonus
+                    log.warning("could not log the MLflow model: %s: %s", type(e).__name__, e)
     elif m.error is not None and m.status != PRUNED:
         rec.set_tags({"kdsweep.error": f"{type(m.error).__name__}: {m.error}"[:5000]})
     rec.end(STATUS[m.status])

@@ -46,11 +46,20 @@ class JobContext:
     sweep_dir: Path
 
 
+def trial_label(t: TrialRef) -> str:
+    """What a trial varies, for its run name: ``t05 alpha=0.4 T=4`` (or ``t05 <point label>``)."""
+    if t.label:
+        return f"t{t.number:02d} {t.label}"
+    varied = " ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in t.params.items())
+    return f"t{t.number:02d} {varied}".strip()
+
+
 def trial_overrides(t: TrialRef, ctx: JobContext) -> list[str]:
     """The overrides of a job that runs trial ``t`` alone."""
     pre = ctx.prefix
     ov = [*ctx.fixed, *t.overrides, f"{pre}parent_run_id={ctx.parent_run_id}",
-          f"{pre}study_name={format_value(ctx.study_name)}", f"{pre}trial_number={t.number}"]
+          f"{pre}study_name={format_value(ctx.study_name)}", f"{pre}trial_number={t.number}",
+          f"{pre}label={format_value(trial_label(t))}"]
     if ctx.add_threads and not any(o.split("=", 1)[0].lstrip("+") == "cpu_threads" for o in ov):
         # Parallel jobs share the cores: oversubscribed OpenMP threads were measured 12x slower
         # in total here (docs/benchmarks.md).
@@ -82,7 +91,7 @@ def _fused_job(members: Sequence[tuple[TrialRef, Mapping[str, Any]]], ctx: JobCo
     folder = ctx.sweep_dir / "fused"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"job-{first.number}.json"
-    spec = {"members": [{"number": t.number, "label": t.label, "overrides": t.overrides,
+    spec = {"members": [{"number": t.number, "label": trial_label(t), "overrides": t.overrides,
                          "config": mask_tree({k: v for k, v in cfg.items() if k != "hydra"})}
                         for t, cfg in members]}
     tmp = path.with_suffix(".json.tmp")
