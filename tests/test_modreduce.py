@@ -115,4 +115,4 @@ def test_the_published_table_preset_runs_offline(tmp_path):
     assert sorted(r.data.tags["method"] for r in runs) == ["ce", "crd", "kd", "modreduce", "semckd"]
     mr = next(r for r in runs if r.data.tags["method"] == "modreduce")
     assert mr.info.status == "FINISHED"
-    assert {"val_acc_resp", "val_acc_rel", "val_acc_feat", "val_acc_aggregate"} <= set(mr.data.metrics)
+    assert {"val/acc_resp", "val/acc_rel", "val/acc_feat", "val/acc_aggregate"} <= set(mr.data.metrics)

@@ -118,7 +118,7 @@ def test_four_parallel_runs_on_one_sqlite_store_lose_nothing(tmp_path, mlflow_ur
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("kdsweep")
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    epochs = 4
+    epochs = 2
     procs = [subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "teacher=resnet8", f"teacher.checkpoint={ckpt}",
          "student=resnet8", f"seed={i}", "cpu_threads=1",

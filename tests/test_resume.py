@@ -94,7 +94,7 @@ def test_resume_false_starts_a_new_run(tmp_path):
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
                               "model": create_model("resnet8", num_classes=10).state_dict()})
-    args = [f"teacher.checkpoint={teacher}"]
+    args = [f"teacher.checkpoint={teacher}", "schedule.epochs=2"]
     p = launch(tmp_path, args)
     while not list(tmp_path.glob("outputs/*/*/checkpoints/last.pt")):
         assert p.poll() is None
@@ -134,7 +134,7 @@ def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
                               "model": create_model("resnet8", num_classes=10).state_dict()})
-    args = [f"teacher.checkpoint={teacher}", "train.limit_train_batches=40", "schedule.epochs=2"]
+    args = [f"teacher.checkpoint={teacher}", "train.limit_train_batches=16", "schedule.epochs=1"]
     p = launch(tmp_path, args)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.time() + 120
@@ -154,4 +154,4 @@ def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
     assert "restarting MLflow run" in out
     _, r = only_run(tmp_path)
     assert r.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/acc")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/acc")) == [1]

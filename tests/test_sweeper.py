@@ -223,7 +223,7 @@ def test_tpe_sweep_in_parallel_with_joblib(tmp_path, teacher):
                      "hydra.sweeper.study_name=t", "hydra.sweeper.sampler.seed=1",
                      "method.alpha=interval(0.1,0.9)", "method.T=choice(1,2,4,8)",
                      "schedule.lr=tag(log,interval(0.01,0.2))", "teacher=resnet8",
-                     f"teacher.checkpoint={teacher}", *TINY], timeout=400)
+                     f"teacher.checkpoint={teacher}", *TINY, "schedule.epochs=1"], timeout=400)
     trials = study_of(tmp_path, "t").get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
