@@ -73,7 +73,7 @@ def test_the_deployed_checkpoint_is_the_best_peer():
     metrics = g.validate(Val(), step.precision, None)
     accs = [metrics[f"val_acc_{n}"] for n in PEERS]
     assert metrics["val_acc"] == max(accs) and "val_acc_aggregate" in metrics
-    k = int(metrics["deployed_peer"])
+    k = int(metrics["val_deployed_peer"])
     saved = g.best_weights()
     assert saved["peer"] == PEERS[k]
     plain = create_model("resnet8", num_classes=10)
