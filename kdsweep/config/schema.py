@@ -43,6 +43,8 @@ class TrainConf:
     checkpoint_every: int = 1       # epochs between full checkpoints (last.pt) for resume; 0 = never
     channels_last: bool = True      # NHWC memory format for conv nets (faster on CPU and with AMP)
     progress: bool | None = None    # null: a progress bar on a terminal, quiet otherwise
+    compile: bool = False           # torch.compile the models (logit-only forwards; measured in
+                                    # docs/benchmarks.md: off by default where it does not pay)
     fuse_memory: str = "split"      # a cohort too big for the device: split (train it in parts
                                     # that fit) | refuse (one line with the largest count that fits)
 

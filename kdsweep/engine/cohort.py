@@ -41,7 +41,7 @@ class Cohort:
                  precision: Precision, teacher: torch.nn.Module | None = None,
                  teacher_arch: str | None = None, limit_train_batches: int | None = None,
                  limit_val_batches: int | None = None, progress: bool | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compile: bool = False):
         if not members:
             raise ValueError("a cohort needs at least one member")
         self.members, self.data, self.epochs = list(members), data, int(epochs)
@@ -60,9 +60,10 @@ class Cohort:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             teacher.to(memory_format=fmt).eval().requires_grad_(False)
             self.teacher_fwd = Forward(teacher, teacher_arch,
-                                       any(m.needs_features for m in self.members), channels_last)
+                                       any(m.needs_features for m in self.members), channels_last,
+                                       compile)
         for m in self.members:
-            m.attach(channels_last)
+            m.attach(channels_last, compile)
         self._build()
 
     @property

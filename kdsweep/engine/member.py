@@ -187,11 +187,12 @@ class Member:
     def stop(self, status: str, error: BaseException | None = None) -> None:
         self.status, self.error = status, error
 
-    def attach(self, channels_last: bool) -> None:
-        """Memory format and feature taps (before :meth:`build`)."""
+    def attach(self, channels_last: bool, compile: bool = False) -> None:
+        """Memory format, feature taps and compilation (before :meth:`build`)."""
         self.student.to(memory_format=torch.channels_last if channels_last
                         else torch.contiguous_format)
-        self.forward = Forward(self.student, self.arch, self.method.needs_features, channels_last)
+        self.forward = Forward(self.student, self.arch, self.method.needs_features, channels_last,
+                               compile)
 
     def build(self, x: Tensor, t_out: ModelOutput | None, ctx: BuildContext,
               step: StepContext) -> None:

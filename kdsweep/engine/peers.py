@@ -65,9 +65,9 @@ class PeerGroup(Member):
     def needs_features(self) -> bool:
         return any(p.needs_features for p in self.peers)
 
-    def attach(self, channels_last: bool) -> None:
+    def attach(self, channels_last: bool, compile: bool = False) -> None:
         for p in self.peers:
-            p.attach(channels_last)
+            p.attach(channels_last, compile)
 
     def build(self, x: Tensor, t_out: ModelOutput | None, ctx: BuildContext,
               step: StepContext) -> None:

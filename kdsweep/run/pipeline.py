@@ -117,7 +117,8 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
                     teacher_arch=teacher.arch if teacher else None,
                     limit_train_batches=cfg.train.limit_train_batches,
                     limit_val_batches=cfg.train.limit_val_batches, progress=cfg.train.progress,
-                    channels_last=bool(cfg.train.channels_last))
+                    channels_last=bool(cfg.train.channels_last),
+                    compile=bool(cfg.train.get("compile", False)))
     if teacher is not None and any(p.previous is None for p in plans):
         env.teacher_acc = evaluate(cohort.teacher_fwd or teacher.model, data.val, precision,
                                    cfg.train.limit_val_batches)[1]
