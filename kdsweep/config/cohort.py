@@ -18,6 +18,7 @@ from typing import Any
 SHARED_KEYS = ("dataset", "teacher", "schedule.batch_size", "schedule.epochs", "seed",
                "deterministic", "device", "precision", "cpu_threads", "train.limit_train_batches",
                "train.channels_last", "train.progress", "train.compile", "train.fuse_memory",
+               "train.batch_per_rank", "train.scale_lr", "train.sync_bn",
                "tracking", "resume")
 
 

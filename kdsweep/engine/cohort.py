@@ -25,6 +25,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from kdsweep.engine.device import Precision
+from kdsweep.engine.distributed import (
+    SINGLE,
+    DistEnv,
+    broadcast,
+    sync_buffers,
+    sync_parameters,
+)
 from kdsweep.engine.forward import Forward, limited
 from kdsweep.engine.member import ACTIVE, DIVERGED, DONE, FAILED, PRUNED, Member, StepContext
 from kdsweep.errors import KDSweepError, Pruned
@@ -41,7 +48,8 @@ class Cohort:
                  precision: Precision, teacher: torch.nn.Module | None = None,
                  teacher_arch: str | None = None, limit_train_batches: int | None = None,
                  limit_val_batches: int | None = None, progress: bool | None = None,
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False,
+                 dist_env: DistEnv = SINGLE):
         if not members:
             raise ValueError("a cohort needs at least one member")
         self.members, self.data, self.epochs = list(members), data, int(epochs)
@@ -54,7 +62,7 @@ class Cohort:
         # flag is read at the progress-bar refreshes and at the end of each epoch.
         self.step = StepContext(self.epochs, self.steps_per_epoch, precision,
                                 1 if device.type == "cpu" else max(1, self.steps_per_epoch // 25),
-                                device)
+                                device, dist_env)
         self.teacher_fwd = None
         if teacher is not None and any(m.needs_teacher for m in self.members):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -82,6 +90,9 @@ class Cohort:
                            teacher_tap=self.teacher_fwd.tap if self.teacher_fwd is not None else None)
         for m in self.members:
             m.build(x, t, ctx, self.step)
+            for module in m.modules():  # data-parallel processes start from identical copies
+                sync_parameters(module, self.step.dist)
+                sync_buffers(module, self.step.dist)
 
     # ------------------------------------------------------------------------------- loop
     def fit(self) -> list[Member]:
@@ -102,6 +113,8 @@ class Cohort:
         return self.members
 
     def _end_epoch(self, m: Member, epoch: int, stats: dict[str, float]) -> None:
+        for module in m.modules():  # rank 0's BatchNorm statistics everywhere before validating
+            sync_buffers(module, self.step.dist)
         stats.update(m.validate(self.data.val, self.precision, self.limit_val))
         is_best = m.result.add_epoch(epoch, stats)
         log.info("%s %d/%d: loss %.3f acc %.1f | val %.3f %.2f", m.name, epoch + 1, self.epochs,
@@ -113,6 +126,10 @@ class Cohort:
             m.stop(PRUNED, e)
         except KDSweepError as e:
             m.stop(FAILED, e)
+        if self.step.dist.active:  # rank 0 ran the callbacks (pruning): the others follow it
+            status, error = broadcast((m.status, m.error), self.step.dist)
+            if status != m.status:
+                m.stop(status, error)
 
     def _teacher_out(self, x: Tensor, active: Sequence[Member]) -> ModelOutput | None:
         if self.teacher_fwd is None or not any(m.needs_teacher for m in active):
@@ -149,9 +166,9 @@ class Cohort:
             m.check_finite(epoch)
         seconds = time.perf_counter() - start
         bar.close()
-        shared = {"images_per_s": seen / max(seconds, 1e-9), "epoch_time_s": seconds,
-                  "cohort_size": float(len(active))}
-        return {m: {**m.epoch_stats(seen), **shared} for m in active if m.active}
+        shared = {"images_per_s": seen * self.step.dist.world / max(seconds, 1e-9),
+                  "epoch_time_s": seconds, "cohort_size": float(len(active))}
+        return {m: {**m.epoch_stats(seen, self.step.dist), **shared} for m in active if m.active}
 
     @staticmethod
     def _postfix(live: Sequence[Member], seen: int, elapsed: float) -> str:

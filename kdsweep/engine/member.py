@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdsweep.engine.device import Precision
+from kdsweep.engine.distributed import SINGLE, DistEnv, any_true, average_gradients, sum_
 from kdsweep.engine.forward import Forward, evaluate
 from kdsweep.engine.optim import build_optimizer, build_scheduler
 from kdsweep.errors import TrainingDiverged
@@ -101,6 +102,7 @@ class StepContext:
     precision: Precision
     sync_every: int  # 1: check the loss on the host each step (CPU); >1: flag on the device (GPU)
     device: torch.device
+    dist: DistEnv = SINGLE  # data-parallel processes (kdsweep.engine.distributed)
 
 
 class Sums:
@@ -123,11 +125,12 @@ class Sums:
             self.first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
 
-    def stats(self, seen: int, prefix: str = "") -> dict[str, float]:
-        n = max(seen, 1)
-        out = {f"train_loss{prefix}": float(self.loss) / n,
-               f"train_acc{prefix}": 100.0 * float(self.correct) / n}
-        out.update({f"loss_{k}": float(v) / n for k, v in self.terms.items()})
+    def stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+        n = max(float(sum_(torch.tensor(float(seen)), dist_env)), 1.0)
+        out = {"train_loss": float(sum_(self.loss, dist_env)) / n,
+               "train_acc": 100.0 * float(sum_(self.correct, dist_env)) / n}
+        out.update({f"loss_{k}": float(sum_(torch.as_tensor(v), dist_env)) / n
+                    for k, v in self.terms.items()})
         return out
 
 
@@ -232,7 +235,7 @@ class Member:
                 s_out = self.forward(x)
                 terms = self.method(s_out, t_out if self.method.needs_teacher else None, y, info)
             loss = sum(terms.values())
-            bad = ~torch.isfinite(loss.detach())
+            bad = any_true(~torch.isfinite(loss.detach()), step.dist)
             if step.sync_every == 1 and bool(bad):
                 self.stop(DIVERGED, diverged(epoch, self.global_step, terms))
                 return
@@ -244,6 +247,7 @@ class Member:
         """Backward and one step of the optimiser and the LR schedule."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        average_gradients((p for g in self.optimizer.param_groups for p in g["params"]), step.dist)
         if step.sync_every > 1:
             self.optimizer.found_inf = bad.float()  # the fused optimiser skips a bad step
         self.scaler.step(self.optimizer)
@@ -255,8 +259,13 @@ class Member:
         if self.active and first is not None and int(first) >= 0:
             self.stop(DIVERGED, diverged(epoch, int(first), None))
 
-    def epoch_stats(self, seen: int) -> dict[str, float]:
-        return {**self.sums.stats(seen), "lr": self.optimizer.param_groups[0]["lr"]}
+    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+        """The epoch's training metrics (summed over the data-parallel processes)."""
+        return {**self.sums.stats(seen, dist_env), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def modules(self) -> list[nn.Module]:
+        """What holds this member's weights and BatchNorm statistics."""
+        return [self.student, self.method]
 
     def validate(self, loader: Any, precision: Precision, limit: int | None) -> dict[str, float]:
         loss, acc = evaluate(self.forward, loader, precision, limit)

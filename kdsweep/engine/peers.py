@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from kdsweep.engine.device import Precision
+from kdsweep.engine.distributed import SINGLE, DistEnv, any_true, average_gradients
 from kdsweep.engine.forward import limited
 from kdsweep.engine.member import (
     DIVERGED,
@@ -98,7 +99,7 @@ class PeerGroup(Member):
         with self.rng.active():
             losses, agg_loss, terms = self.coupling.combine(outs, offline, y, x, info)
         total = sum(losses) + (agg_loss if agg_loss is not None else 0.0)
-        bad = ~torch.isfinite(total.detach())
+        bad = any_true(~torch.isfinite(total.detach()), step.dist)
         if step.sync_every == 1 and bool(bad):
             self.stop(DIVERGED, diverged(epoch, self.global_step, terms))
             return
@@ -109,16 +110,18 @@ class PeerGroup(Member):
         if agg_loss is not None and self.coupling_opt is not None:
             self.coupling_opt.zero_grad(set_to_none=True)
             agg_loss.backward()
+            average_gradients(self.coupling.parameters(), step.dist)
             if step.sync_every > 1:
                 self.coupling_opt.found_inf = bad.float()
             self.coupling_opt.step()
         self.sums.add(total, outs[self.best_peer], y, terms, bad, self.global_step)
         self.global_step += 1
 
-    def epoch_stats(self, seen: int) -> dict[str, float]:
-        out = {**self.sums.stats(seen), "lr": self.peers[0].optimizer.param_groups[0]["lr"]}
+    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+        out = {**self.sums.stats(seen, dist_env),
+               "lr": self.peers[0].optimizer.param_groups[0]["lr"]}
         for name, p in zip(self.coupling.peer_names, self.peers, strict=True):
-            s = p.sums.stats(seen)
+            s = p.sums.stats(seen, dist_env)
             out[f"train_loss_{name}"], out[f"train_acc_{name}"] = s["train_loss"], s["train_acc"]
         return out
 
@@ -163,6 +166,9 @@ class PeerGroup(Member):
         p = self.peers[self.best_peer]
         return {"model": p.student.state_dict(), "method": p.method.state_dict(),
                 "peer": self.coupling.peer_names[self.best_peer]}
+
+    def modules(self) -> list[nn.Module]:
+        return [m for p in self.peers for m in p.modules()] + [self.coupling]
 
     def close(self) -> None:
         for p in self.peers:

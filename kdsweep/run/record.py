@@ -48,6 +48,7 @@ class Env:
     teacher_stats: dict[str, float] = field(default_factory=dict)
     teacher_acc: float | None = None
     malloc: str = ""
+    main: bool = True  # rank 0 of a data-parallel run (or the only process): it records
 
 
 def run_name(p: Plan) -> str:
@@ -144,9 +145,12 @@ def abort(plans: Sequence[Plan], err: BaseException) -> None:
 def finish(p: Plan, env: Env, wall: float) -> RunResult:
     """Final metrics and the best checkpoint of a finished member; status and reason otherwise."""
     m, rec = p.member, p.recorder
-    assert m is not None and rec is not None
+    assert m is not None
     r = m.result
     ckpt = _checkpoint_dir(p) / "best.pt"
+    if rec is None:  # a data-parallel process other than rank 0: rank 0 recorded the run
+        return RunResult("", m.status, r.best_val_acc, r.final_val_acc, env.teacher_acc, ckpt,
+                         m.error)
     if m.status == DONE:
         rec.log_metrics({"best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch + 1,
                          "final_val_acc": r.final_val_acc, "final_train_acc": r.final_train_acc,
