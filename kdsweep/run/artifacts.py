@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,10 @@ def log_dataset(rec: RunRecorder, data: DataBundle, source: str) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     try:
-        ds = MetaDataset(resolve_dataset_source(source), name=data.name, digest=data_digest(data))
+        with warnings.catch_warnings():  # MLflow warns about its own resolver's future
+            warnings.simplefilter("ignore")
+            src = resolve_dataset_source(source)
+        ds = MetaDataset(src, name=data.name, digest=data_digest(data))
         retry(rec.client.log_inputs, rec.run_id, datasets=[DatasetInput(
             ds._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
     except Exception as e:  # a missing dataset input must not fail the run

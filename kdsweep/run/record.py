@@ -175,43 +175,47 @@ def fmt_count(n: float) -> str:
 
 
 def summary(plans: Sequence[Plan], env: Env, results: Sequence[RunResult]) -> str:
-    """What a user reads when the run ends: data, device, accuracies, costs, where to look."""
+    """What a user reads when the run ends: data, device, accuracies, costs, where to look.
+    Lines other than paths and commands fit 80 columns."""
     d, first = env.data, plans[0]
     resumed = first.member.start_epoch if first.previous and first.previous.checkpoint else 0
     what = f"cohort of {len(plans)} runs" if len(plans) > 1 else (
         "teacher run" if first.job.label == "teacher" else f"{first.method.name} run")
-    lines = [f"kdsweep: {what} finished on {d.name} ({d.num_train} train / {d.num_val} val "
-             f"images, {d.num_classes} classes) on {env.device}"
-             + (f", resumed after epoch {resumed}" if resumed else "")]
+    lines = [f"kdsweep: {what} finished on {d.name}"
+             + (f", resumed after epoch {resumed}" if resumed else ""),
+             f"  data: {d.num_train} train / {d.num_val} val images, {d.num_classes} classes; "
+             f"{env.device}"]
     t = env.teacher
     if t is not None and env.teacher_stats:
         where = {"checkpoint": mask_url(t.path), "mlflow": f"MLflow run {t.run_id}",
                  "trained": f"trained now, MLflow run {t.run_id}"}[t.source]
-        acc = f"{env.teacher_acc:6.2f}%" if env.teacher_acc is not None else "   n/a"
-        lines.append(f"  teacher {t.arch:<12} {fmt_count(env.teacher_stats['teacher_params']):>7} "
-                     f"params {fmt_count(env.teacher_stats['teacher_macs']):>8} MACs  val acc "
-                     f"{acc}  ({where})")
+        acc = f"{env.teacher_acc:.2f}%" if env.teacher_acc is not None else "n/a"
+        lines += [f"  teacher {t.arch:<14} {fmt_count(env.teacher_stats['teacher_params']):>7} "
+                  f"params {fmt_count(env.teacher_stats['teacher_macs']):>8} MACs  val {acc}",
+                  f"          from {where}"]
     for p, res in zip(plans, results, strict=True):
-        lines.append(_member_line(p, res, role="teacher" if p.job.label == "teacher" else "student"))
-    lines += [f"  MLflow: {'run ' + results[0].run_id if len(plans) == 1 else 'runs above'} in "
-              f"experiment '{first.cfg.tracking.experiment}' (id {env.experiment_id}) at "
-              f"{mask_url(env.uri)}",
-              f"  checkpoints: {_checkpoint_dir(first)}" + ("  (best.pt, last.pt)" if len(plans) == 1
-                                                             else " (and the other members')"),
+        lines += _member_lines(p, res, role="teacher" if p.job.label == "teacher" else "student")
+    lines += [f"  MLflow: {'run ' + results[0].run_id if len(plans) == 1 else 'the runs above'}, "
+              f"experiment '{first.cfg.tracking.experiment}' (id {env.experiment_id})",
+              f"          at {mask_url(env.uri)}",
+              f"  checkpoints: {_checkpoint_dir(first)}",
               f"  open the MLflow UI: {ui_command(env.uri)}",
               f"  then: {runs_link(env.experiment_id, results[0].run_id if len(plans) == 1 else None)}"]
     return "\n".join(lines)
 
 
-def _member_line(p: Plan, res: RunResult, role: str) -> str:
+def _member_lines(p: Plan, res: RunResult, role: str) -> list[str]:
     m = p.member
-    head = (f"  {role} {p.cfg.student.name:<12} {fmt_count(p.stats['student_params']):>7} params "
+    head = (f"  {role} {p.cfg.student.name:<14} {fmt_count(p.stats['student_params']):>7} params "
             f"{fmt_count(p.stats['student_macs']):>8} MACs")
+    name = f"          {m.name}" if len(res.run_id) and p.job.label else None
     if res.status != DONE:
-        return f"{head}  {res.status}: {res.error}"
+        return [head, f"          {res.status}: {res.error}"]
     r = m.result
-    return (f"{head}  val acc {r.best_val_acc:6.2f}% best (epoch {r.best_epoch + 1}), "
-            f"{r.final_val_acc:.2f}% final, train-val gap {r.train_val_gap:+.2f}")
+    peer = (f", deployed peer {m.peers[m.best_peer].name}" if hasattr(m, "peers") else "")
+    return [f"{head}  val {r.best_val_acc:.2f}%",
+            f"          best at epoch {r.best_epoch + 1}, {r.final_val_acc:.2f}% final, "
+            f"train-val gap {r.train_val_gap:+.2f}{peer}", *([name] if name else [])]
 
 
 __all__ = ["Env", "abort", "finish", "run_name", "start", "summary"]
