@@ -92,7 +92,7 @@ def bars(tables: Sequence[Table], path: Path, metric: str) -> Path:
     return path
 
 
-def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val_acc") -> Path | None:
+def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val/acc") -> Path | None:
     """``val_acc`` per epoch of every child shown in the tables; the best one drawn thick."""
     plt = _plt()
     series = []
@@ -102,7 +102,9 @@ def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val_
                 c = cell.child
                 if c is None:
                     continue
-                hist = sorted(client.get_metric_history(c.run_id, metric), key=lambda m: m.step)
+                hist = sorted(client.get_metric_history(c.run_id, metric)
+                              or client.get_metric_history(c.run_id, metric.replace("/", "_")),
+                              key=lambda m: m.step)  # val_acc: runs recorded before prefixes
                 if not hist:
                     continue
                 if t.kind == "pivot":
