@@ -142,9 +142,10 @@ def _status_line(info: Mapping[str, Any], tables: Sequence[Table], children: Seq
             f"{n['FAILED']} failed" + (f", {n['RUNNING']} running" if n["RUNNING"] else "") + "; "
             f"{done} of {len(cells)} cells have a result.")
     if n["RUNNING"] or done < len(cells):
-        line = (f"**Partial** (made {time.strftime('%Y-%m-%d %H:%M')} while the sweep is not "
-                f"complete; run `python -m kdsweep.report {info.get('study_dir') or info.get('parent_run_id')}` "
-                "again for the rest): " + line)
+        target = info.get("study_dir") or info.get("parent_run_id")
+        line = (f"**Partial** (made {time.strftime('%Y-%m-%d %H:%M')}, before every cell has a "
+                f"finished run; `python -m kdsweep.report {target}` makes it again at any time): "
+                + line)
     return line
 
 

@@ -230,7 +230,11 @@ def curves(client: Any, tables: Sequence[Table], path: Path, title: str = "",
             if len(cell.runs) > 1:
                 ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
             handles.setdefault(lab + (" (pruned)" if pruned else ""), line)
-        _baselines(ax, hist, (baselines or {}).get(_pair_of([c for _, c in lines])), handles)
+        pair = _pair_of([c for _, c in lines])
+        shown = {c.run_id for _, cell in lines for c in cell.runs}
+        _baselines(ax, hist, (baselines or {}).get(pair), handles, shown)
+        if pair and " -> " not in name:
+            name = f"{pair[0]} -> {pair[1]}" if name == pair[1] else f"{name} ({pair[0]} -> {pair[1]})"
         ax.set_title(name, fontsize=9)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -250,11 +254,13 @@ def curves(client: Any, tables: Sequence[Table], path: Path, title: str = "",
 
 
 def _baselines(ax: Any, hist: _History, pair: tuple[Baseline, Baseline] | None,
-               handles: dict[str, Any]) -> None:
+               handles: dict[str, Any], shown: set[str]) -> None:
+    """The student alone (grey, dashed; unless it is a line of the panel already) and the
+    teacher's best accuracy (black, dotted)."""
     if pair is None:
         return
     teacher, alone = pair
-    if alone is not None and alone.run_id:
+    if alone is not None and alone.run_id and alone.run_id not in shown:
         pts = hist(alone.run_id)
         if pts:
             line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], color="0.45",
