@@ -84,34 +84,43 @@ def test_the_deployed_checkpoint_is_the_best_peer():
         assert torch.equal(plain(x), g.peers[k].student(x))
 
 
-def test_the_published_table_preset_runs_offline(tmp_path):
-    """The 15-pair preset's first pair (its 5 methods), smoke-sized, as one fused job."""
+def test_the_published_table_preset_runs_offline(tmp_path, compose):
+    """ModReduce's table preset, smoke-sized: its first pair (wrn_40_2 -> wrn_16_2, the student
+    alone and its four methods, taken from the preset itself) as one fused job."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     from mlflow.tracking import MlflowClient
+    from omegaconf import OmegaConf
 
     from kdsweep.engine import save_checkpoint
+    from kdsweep.sweep.space import format_value
 
     root = Path(__file__).resolve().parents[1]
+    preset = compose(["experiment=modreduce_benchmark"], return_hydra_config=True)
+    points = [dict(p) for p in OmegaConf.to_container(preset.hydra.sweeper.points)
+              if p.get("student") == "wrn_16_2" and p.get("teacher", "wrn_40_2") == "wrn_40_2"]
+    assert sorted(p["method"] for p in points) == ["ce", "crd", "kd", "modreduce", "semckd"]
+    override = "[" + ", ".join("{" + ", ".join(f"{k}: {format_value(v)}" for k, v in p.items())
+                               + "}" for p in points) + "]"
     teacher = tmp_path / "wrn_40_2.pt"
     save_checkpoint(teacher, {"arch": "wrn_40_2", "num_classes": 10,
                               "model": create_model("wrn_40_2", num_classes=10).state_dict()})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     p = subprocess.run(
-        [sys.executable, str(root / "run.py"), "-m", "experiment=modreduce_cifar100", "debug=smoke",
-         "hydra.sweeper.n_trials=5", "hydra.sweeper.fuse=5", "schedule.epochs=1",
+        [sys.executable, str(root / "run.py"), "-m", "experiment=modreduce_benchmark", "debug=smoke",
+         f"hydra.sweeper.points={override}", "hydra.sweeper.fuse=5", "schedule.epochs=1",
          "train.limit_train_batches=2", "train.limit_val_batches=1", "schedule.eval_batch_size=100",
-         "schedule.batch_size=32", f"teacher.checkpoint={teacher}",
-         "cpu_threads=1"],
+         "schedule.batch_size=32", f"teacher.checkpoint={teacher}", "cpu_threads=1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
         env={**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"})
     assert p.returncode == 0, p.stderr[-3000:]
     assert "5 trials in 1 job(s): 5 fused" in p.stdout
-    client = MlflowClient(uri)
-    runs = client.search_runs(["1"], "tags.`optuna.trial` != ''")
+    runs = [r for r in MlflowClient(uri).search_runs(["1"]) if "optuna.trial" in r.data.tags]
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.run_name, r.data.tags.get("kdsweep.error")) for r in runs]
     assert sorted(r.data.tags["method"] for r in runs) == ["ce", "crd", "kd", "modreduce", "semckd"]
     mr = next(r for r in runs if r.data.tags["method"] == "modreduce")
     assert mr.info.status == "FINISHED"

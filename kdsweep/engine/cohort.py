@@ -63,7 +63,7 @@ class Cohort:
         self.step = StepContext(self.epochs, self.steps_per_epoch, precision,
                                 1 if device.type == "cpu" else max(1, self.steps_per_epoch // 25),
                                 device, dist_env)
-        self.teacher_fwd = None
+        self.teacher_fwd, self.teacher_arch = None, teacher_arch
         if teacher is not None and any(m.needs_teacher for m in self.members):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             teacher.to(memory_format=fmt).eval().requires_grad_(False)
@@ -83,12 +83,14 @@ class Cohort:
         x = next(iter(self.data.train))[0][:2]
         with torch.no_grad():
             t = self.teacher_fwd(x) if self.teacher_fwd is not None else None
-        ctx = BuildContext(num_train=self.data.num_train, num_classes=self.data.num_classes,
-                           epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
-                           train_labels=getattr(self.data, "train_labels", None),
-                           batch_size=self.batch_size,
-                           teacher_tap=self.teacher_fwd.tap if self.teacher_fwd is not None else None)
         for m in self.members:
+            ctx = BuildContext(num_train=self.data.num_train, num_classes=self.data.num_classes,
+                               epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+                               train_labels=getattr(self.data, "train_labels", None),
+                               batch_size=self.batch_size,
+                               teacher_tap=self.teacher_fwd.tap if self.teacher_fwd else None,
+                               teacher_arch=self.teacher_arch, student_arch=m.arch,
+                               teacher_modes=("eval", "train"))
             m.build(x, t, ctx, self.step)
             for module in m.modules():  # data-parallel processes start from identical copies
                 sync_parameters(module, self.step.dist)
@@ -134,6 +136,11 @@ class Cohort:
     def _teacher_out(self, x: Tensor, active: Sequence[Member]) -> ModelOutput | None:
         if self.teacher_fwd is None or not any(m.needs_teacher for m in active):
             return None
+        # OFD's reference code runs the teacher's BatchNorm on batch statistics while training
+        # (method.teacher_bn=train); members that share a teacher pass share that mode
+        # (kdsweep.config.cohort). Outputs then depend on the batch alone: resume stays exact.
+        train_bn = any(getattr(m.method, "teacher_mode", "eval") == "train" for m in active)
+        self.teacher_fwd.model.train(train_bn)
         with torch.no_grad(), self.precision.autocast():
             return self.teacher_fwd(x)
 

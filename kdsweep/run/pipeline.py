@@ -249,9 +249,10 @@ def _teacher(plans: Sequence[Plan], data: DataBundle, store: Store, rt: Runtime)
     In a data-parallel run rank 0 decides and the others load what it chose; a teacher that has
     to be trained first is trained by all of them together (its own data-parallel run).
     """
-    if not any(p.method.needs_teacher for p in plans):
+    users = [p for p in plans if p.method.needs_teacher]
+    if not users:
         return None
-    cfg = plans[0].cfg
+    plans, cfg = users, users[0].cfg  # members without a teacher (ce) may have another in config
 
     def train_teacher() -> str:
         out = plans[0].job.output_dir / "teacher"
@@ -275,7 +276,7 @@ def _teacher(plans: Sequence[Plan], data: DataBundle, store: Store, rt: Runtime)
 
 def _teacher_distributed(plans: Sequence[Plan], data: DataBundle, store: Store, rt: Runtime,
                          train: Any) -> Teacher:
-    cfg = plans[0].cfg
+    cfg = plans[0].cfg  # a member that needs the teacher
     tags = None
     if rt.dist.is_main:  # what a single process would do, short of training
         recorded = [p.previous.run.data.tags for p in plans

@@ -92,6 +92,9 @@ def start(p: Plan, env: Env) -> RunRecorder:
         for h in p.member.result.history:
             if h["epoch"] + 1 not in logged:
                 rec.log_metrics(epoch_metrics(h), step=h["epoch"] + 1)
+    resolved = getattr(p.method, "resolved", None)  # values a method chose at build (DKD's beta)
+    if fresh and resolved:
+        rec.log_params({f"method.resolved.{k}": v for k, v in dict(resolved).items()})
     p.member.callbacks = [ckpt, EpochMetrics(rec)]
     reporter = TrialReporter.from_cfg(p.cfg.get("sweep"))
     if reporter is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdsweep.config.cohort import cohort_key
+from kdsweep.config.cohort import cohort_key, needs_teacher
 from kdsweep.sweep.space import format_value
 from kdsweep.sweep.storage import TrialRef
 from kdsweep.tracking import mask_tree
@@ -73,14 +73,21 @@ def plan_jobs(trials: Sequence[TrialRef], fuse: int, ctx: JobContext,
     if fuse <= 1 or len(trials) <= 1 or compose is None:
         return [JobSpec([*trial_overrides(t, ctx), f"hydra.sweep.subdir={t.number}"], [t])
                 for t in trials]
-    groups: dict[str, list[tuple[TrialRef, Mapping[str, Any]]]] = {}
+    # Grouped by what members share; a member without a teacher (ce) joins a group of the same
+    # data stream whatever its teacher.
+    groups: dict[str, dict[str, list[tuple[TrialRef, Mapping[str, Any]]]]] = {}
     for t in trials:
         cfg = compose(trial_overrides(t, ctx))
-        groups.setdefault(cohort_key(cfg), []).append((t, cfg))
+        teacher = cohort_key(cfg) if needs_teacher(cfg) else ""
+        groups.setdefault(cohort_key(cfg, teacher=False), {}).setdefault(teacher, []).append((t, cfg))
     jobs: list[JobSpec] = []
-    for members in groups.values():
-        for i in range(0, len(members), fuse):
-            jobs.append(_fused_job(members[i:i + fuse], ctx))
+    for by_teacher in groups.values():
+        free = by_teacher.pop("", [])
+        lists = list(by_teacher.values()) or [[]]
+        lists[0] = free + lists[0]
+        for members in lists:
+            for i in range(0, len(members), fuse):
+                jobs.append(_fused_job(members[i:i + fuse], ctx))
     return jobs
 
 

@@ -360,14 +360,6 @@ class Sweep:
         return sum(self._tell_one(t, outcome.value if outcome.error is None else outcome)
                    for t in job.trials)
 
-    def _link_run(self, t: TrialRef) -> None:
-        """The trial's MLflow run id as a trial attribute (optuna-dashboard shows it)."""
-        with contextlib.suppress(Exception):
-            children = self.parent.child_of_trial(t.number)
-            if children:
-                self.storage.set_trial_user_attr(t.trial_id, "mlflow_run_id",
-                                                 children[0].info.run_id)
-
     def _tell_one(self, t: TrialRef, result: Any) -> int:
         reason: str
         if isinstance(result, Outcome):  # the whole job raised
@@ -379,7 +371,7 @@ class Sweep:
             reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         elif isinstance(result, Mapping) and "pruned" in result:
             log.info("trial %d pruned at epoch %s", t.number, result["pruned"])
-            self._link_run(t)
+            self.parent.link_trial(self.storage, t.trial_id, t.number)
             self._finish(t, TrialState.PRUNED)
             return 0
         elif isinstance(result, Mapping) and "error" in result:
@@ -390,7 +382,7 @@ class Sweep:
             except (TypeError, ValueError):
                 value = math.nan
             if math.isfinite(value):
-                self._link_run(t)
+                self.parent.link_trial(self.storage, t.trial_id, t.number)
                 self._finish(t, TrialState.COMPLETE, value=value)
                 return 0
             reason = f"the run returned {result!r}, not a number"
