@@ -142,6 +142,12 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     assert combos == [("0.2", "2"), ("0.2", "4"), ("0.8", "2"), ("0.8", "4")]
     assert all(r.info.status == "FINISHED" for r in kd_runs)
     assert len(list((tmp_path / "multirun").glob("*/*/*/checkpoints/best.pt"))) == 4
+    # Hydra's basic sweeper gets a parent run, sweep.json and the report too (a Hydra callback)
+    (parent,) = runs_of(filter_string="tags.`kdsweep.role` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in kd_runs} == {parent.info.run_id}
+    (sweep_dir,) = [d for d in (tmp_path / "multirun").glob("*/*") if (d / "sweep.json").is_file()]
+    assert (sweep_dir / "report.md").is_file() and "| alpha \\ T | 2 | 4 |" in p.stdout
 
 
 def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):
