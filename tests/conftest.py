@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ.setdefault("KDSWEEP_LOG_MODEL", "false")  # seconds per run; tests/test_run.py checks it
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ def results(tmp_path: Path, study: str) -> dict[tuple[str, ...], tuple[float, li
     out = {}
     for c in children:
         p = c.data.params
-        hist = [m.value for m in sorted(client.get_metric_history(c.info.run_id, "train_loss"),
+        hist = [m.value for m in sorted(client.get_metric_history(c.info.run_id, "train/loss"),
                                         key=lambda m: m.step)]
         out[(p["method.alpha"], p["method.T"], p["schedule.batch_size"])] = (
             c.data.metrics["best_val_acc"], hist)
@@ -55,8 +55,8 @@ def test_incompatible_trials_are_split_into_jobs(tmp_path, teacher):
 
 
 def test_killed_fused_job_resumes_every_member(tmp_path, teacher):
-    args = [*GRID, f"teacher.checkpoint={teacher}", *TINY, "schedule.epochs=3",
-            "train.limit_train_batches=8", "hydra.sweeper.study_name=kf", "hydra.sweeper.fuse=4"]
+    args = [*GRID, f"teacher.checkpoint={teacher}", *TINY, "schedule.epochs=2",
+            "train.limit_train_batches=6", "hydra.sweeper.study_name=kf", "hydra.sweeper.fuse=4"]
     proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -78,7 +78,7 @@ def test_killed_fused_job_resumes_every_member(tmp_path, teacher):
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 4
     for c in finished:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_acc")]
-        assert sorted(steps) == [1, 2, 3]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val/acc")]
+        assert sorted(steps) == [1, 2]
     states = [t.state for t in study_of(tmp_path, "kf").get_trials()]
     assert states.count(TrialState.COMPLETE) == 4

@@ -285,7 +285,7 @@ def test_semckd_refuses_a_batch_wider_than_its_attention():
 def test_semckd_needs_the_training_batch_size():
     s = ModelOutput(torch.randn(4, 10), feats=[torch.randn(4, 2, 4, 4)] * 2)
     t = ModelOutput(torch.randn(4, 10), feats=[torch.randn(4, 2, 4, 4)] * 2)
-    for name in ("semckd", "modreduce"):
+    for name in ("semckd",):
         with pytest.raises(ConfigError, match="method.batch_size is not set"):
             built({"name": name}, ModelOutput(s.logits, s.feats, pooled=torch.randn(4, 3)),
                   ModelOutput(t.logits, t.feats, pooled=torch.randn(4, 3)), ctx(100, None))
@@ -328,133 +328,6 @@ def test_online_weight_follows_the_seed_schedule():
     assert sigmoid_rampup(100, 80) == 1.0
 
 
-def modreduce_setup(online: str, **kw):
-    g = torch.Generator().manual_seed(2)
-    b = 6
-    s = ModelOutput(torch.randn(b, 10, generator=g),
-                    feats=[torch.randn(b, 3, 8, 8, generator=g), torch.randn(b, 4, 4, 4, generator=g)],
-                    pooled=torch.randn(b, 5, generator=g))
-    t = ModelOutput(torch.randn(b, 10, generator=g),
-                    feats=[torch.randn(b, 3, 8, 8, generator=g), torch.randn(b, 6, 4, 4, generator=g)],
-                    pooled=torch.randn(b, 7, generator=g))
-    y = torch.tensor([0, 1, 2, 3, 0, 5])
-    cfg = {"name": "modreduce", "online": online, "batch_size": b, "crd_mode": "in_batch",
-           "semckd_weight": 0.0, **kw}
-    torch.manual_seed(0)
-    return built(cfg, s, t, ctx(100, None, epochs=240)), s, t, y
-
-
-def head_by_hand(p: torch.Tensor, head) -> tuple[torch.Tensor, torch.Tensor]:
-    lin, bn, _ = head.body
-    h = torch.relu(F.batch_norm(p @ lin.weight.t() + lin.bias, None, None, bn.weight, bn.bias,
-                                training=True, eps=bn.eps))
-    return h, h @ head.fc.weight.t() + head.fc.bias
-
-
-@pytest.mark.parametrize("online", ["WAvg", "FC", "ONE"])
-def test_modreduce_aggregated_online_loss_by_hand(online):
-    method, s, t, y = modreduce_setup(online)
-    epoch = 37
-    info = StepInfo(epoch=epoch, step=0, epochs=240, steps_per_epoch=1)
-    terms = method(s, t, y, info)
-    with torch.no_grad():
-        w = 0.01 * (70 ** (1 / 24)) ** (epoch // 10 + 1)
-        h_c, z_c = head_by_hand(s.pooled, method.heads["rel"])
-        _, z_f = head_by_hand(s.pooled, method.heads["feat"])
-        z = [s.logits, z_c, z_f]
-        agg = method.aggregator
-        if online == "WAvg":
-            weights = torch.exp(agg.theta) / torch.exp(agg.theta).sum()
-            group = sum(weights[k] * z[k] for k in range(3))
-            assert torch.allclose(weights, torch.full((3,), 1 / 3))
-        elif online == "FC":
-            group = torch.cat(z, 1) @ agg.fc.weight.t() + agg.fc.bias
-        else:
-            f0 = s.feats[0]
-            pooled = torch.stack([f0[:, :, :4, :4].mean((2, 3)), f0[:, :, :4, 4:].mean((2, 3)),
-                                  f0[:, :, 4:, :4].mean((2, 3)), f0[:, :, 4:, 4:].mean((2, 3))], 2)
-            gate = torch.relu(pooled.flatten(1) @ agg.fc.weight.t() + agg.fc.bias)
-            weights = torch.exp(gate) / torch.exp(gate).sum(1, keepdim=True)
-            group = sum(weights[:, k:k + 1] * z[k] for k in range(3))
-        # CRD in in_batch mode on the relational head's embedding
-        e_s, e_t = embed(h_c, method.crd.embed_s.linear), embed(t.pooled, method.crd.embed_t.linear)
-        crd = 0.0
-        for anchor, other in ((e_s, e_t), (e_t, e_s)):
-            for i in range(6):
-                cand = [j for j in range(6) if j == i or y[j] != y[i]]
-                logits = torch.stack([torch.dot(anchor[i], other[j]) / 0.07 for j in cand])
-                crd += float(-(logits[cand.index(i)] - torch.logsumexp(logits, 0))) / 6
-        ce = [F.cross_entropy(zk, y) for zk in z]
-        kd = [kl_t(zk, t.logits, 4.0) for zk in z]
-        expected = {
-            "resp_ce": (1 - w) * 10 * ce[0] / 2, "resp_kd": (1 - w) * 10 * kd[0] / 2,
-            "rel_ce": (1 - w) * ce[1] / 2.8, "rel_kd": (1 - w) * kd[1] / 2.8,
-            "rel_crd": (1 - w) * 0.8 * crd / 2.8,
-            "feat_ce": (1 - w) * 100 * ce[2] / 2, "feat_kd": (1 - w) * 100 * kd[2] / 2,
-            "agg_ce": F.cross_entropy(group, y),
-            **{f"{p}_online": w * kl_t(z[k], group, 4.0) for k, p in enumerate(("resp", "rel", "feat"))},
-        }
-    assert set(terms) == set(expected)
-    for name, value in expected.items():
-        assert terms[name].item() == pytest.approx(float(value), rel=1e-4), name
-    # the aggregator learns from CE(g, y) only; the peers' online targets are detached
-    params = dict(method.named_parameters())
-    terms["agg_ce"].backward(retain_graph=True)
-    assert all(p.grad is None for n, p in params.items() if not n.startswith("aggregator"))
-    assert any(p.grad is not None for n, p in params.items() if n.startswith("aggregator"))
-
-
-def test_modreduce_before_the_cutoff_trains_offline_only():
-    method, s, t, y = modreduce_setup("WAvg", online_start=220 / 240)
-    terms = method(s, t, y, StepInfo(epoch=10, step=0, epochs=240, steps_per_epoch=1))
-    assert not any(k.endswith("_online") or k == "agg_ce" for k in terms)
-    assert terms["resp_ce"].item() == pytest.approx(10 * F.cross_entropy(s.logits, y).item() / 2,
-                                                    rel=1e-5)
-
-
-def test_modreduce_pcl_peer_means_and_ramp():
-    method, s, t, y = modreduce_setup("PCL")
-    assert method.aggregator is None and method.extra_parameters() == sum(
-        p.numel() for n, p in method.named_parameters() if not n.startswith("mean_heads"))
-    heads = method.heads
-    start = {n: p.detach().clone() for n, p in heads.named_parameters()}
-    method(s, t, y, StepInfo(epoch=0, step=0, epochs=240, steps_per_epoch=1))
-    with torch.no_grad():  # an optimiser step inside epoch 0
-        for p in heads.parameters():
-            p.add_(0.1)
-    # first step of epoch 1: the means become the end-of-epoch-0 heads (alpha = 1 - 1/1 = 0)
-    epoch = 1
-    terms = method(s, t, y, StepInfo(epoch=epoch, step=1, epochs=240, steps_per_epoch=1))
-    for n, p in method.mean_heads.named_parameters():
-        assert torch.allclose(p, start[n] + 0.1)
-    with torch.no_grad():
-        r = math.exp(-5 * (1 - epoch / 80) ** 2)
-        _, z_c = head_by_hand(s.pooled, heads["rel"])
-        _, z_f = head_by_hand(s.pooled, heads["feat"])
-        z = {"resp": s.logits, "rel": z_c, "feat": z_f}
-        means = {"resp": s.logits, "rel": head_by_hand(s.pooled, method.mean_heads["rel"])[1],
-                 "feat": head_by_hand(s.pooled, method.mean_heads["feat"])[1]}
-        scale = {"resp": 10.0, "rel": 1.0, "feat": 100.0}
-        extra = {"resp": 0.0, "rel": 0.8, "feat": 0.0}
-        for peer in ("resp", "rel", "feat"):
-            denom = 1.0 + extra[peer] + 1.0 + r
-            peer_kl = sum(kl_t(z[peer], means[j], 3.0) for j in means if j != peer)
-            assert terms[f"{peer}_peer"].item() == pytest.approx(
-                float(scale[peer] * r * peer_kl / denom), rel=1e-4)
-            assert terms[f"{peer}_kd"].item() == pytest.approx(
-                float(scale[peer] * r * kl_t(z[peer], t.logits, 4.0) / denom), rel=1e-4)
-            assert terms[f"{peer}_ce"].item() == pytest.approx(
-                float(scale[peer] * F.cross_entropy(z[peer], y) / denom), rel=1e-4)
-    # epoch 2: the mean of the epoch-0 and epoch-1 heads (alpha = 1 - 1/2)
-    with torch.no_grad():
-        for p in heads.parameters():
-            p.add_(0.2)
-    method(s, t, y, StepInfo(epoch=2, step=2, epochs=240, steps_per_epoch=1))
-    for n, p in method.mean_heads.named_parameters():
-        assert torch.allclose(p, start[n] + 0.2, atol=1e-6)
-    assert "mean_epoch" in method.state_dict() and int(method.mean_epoch) == 2
-
-
 def test_modreduce_refuses_unknown_online_method():
     with pytest.raises(ConfigError, match="PCL, ONE, FC, WAvg"):
         create_method({"name": "modreduce", "online": "mutual"})
@@ -471,7 +344,6 @@ METHODS = {
     "crd": {"name": "crd"},
     "crd_in_batch": {"name": "crd", "mode": "in_batch"},
     "semckd": {"name": "semckd", "batch_size": 8},
-    "modreduce": {"name": "modreduce", "batch_size": 8},
 }
 _TEACHERS: dict[str, tuple] = {}
 

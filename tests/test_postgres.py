@@ -197,10 +197,11 @@ def test_single_run_is_tracked_in_postgres(single_run: Launch):
     assert teacher.info.status == student.info.status == "FINISHED"
     assert student.data.tags["teacher_source"] == "trained"
     assert student.data.tags["teacher_run_id"] == teacher.info.run_id
-    for key in ("best_val_acc", "final_val_acc", "train_val_gap", "teacher_val_acc",
-                "student_params", "compression_ratio"):
+    for key in ("best_val_acc", "final_val_acc", "train_val_gap"):
         assert key in student.data.metrics, key
-    for key in ("train_loss", "val_acc", "loss_kd", "lr"):
+    for key in ("teacher.val_acc", "cost.student_params", "cost.compression_ratio"):
+        assert key in student.data.params, key
+    for key in ("train/loss", "val/acc", "train/loss_kd", "opt/lr"):
         assert [m.step for m in client.get_metric_history(student.info.run_id, key)] == [1, 2]
     assert student.data.params["method.name"] == "kd" and student.data.params["schedule.epochs"] == "2"
     for r in (teacher, student):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from kdsweep.engine import load_checkpoint, load_model_weights
 from kdsweep.errors import ConfigError
@@ -152,8 +153,8 @@ def test_student_init_grows_shrinks_and_refuses_what_does_not_fit(tmp_path):
                                                "model": small.state_dict()})
     grown = create_model("reduce20", 10)
     counts = load_init(grown, path, arch="reduce20", num_classes=10)
-    assert counts == {"init_tensors_loaded": 128, "init_tensors_fresh": 108,
-                      "init_tensors_dropped": 0}
+    assert counts == {"init.tensors_loaded": 128, "init.tensors_fresh": 108,
+                      "init.tensors_dropped": 0}
     assert torch.equal(grown.layer3[2].conv2.weight, small.layer3[2].conv2.weight)
     with pytest.raises(CheckpointError, match="has 10 classes but the data set has 100"):
         load_init(create_model("reduce20", 100), path, arch="reduce20", num_classes=100)
@@ -169,7 +170,7 @@ def test_student_init_grows_shrinks_and_refuses_what_does_not_fit(tmp_path):
 # ----------------------------------------------------------------------- three stages
 def test_three_stages_run_linked_fused_and_rerun_reuses_them(compose, experiment, tmp_path, capsys,
                                                             data):
-    cfg = compose(["experiment=reducenet", *TINY, *experiment, "reducenet.rank=2"])
+    cfg = compose(["experiment=reducenet", "student=reduce8", *TINY, *experiment, "reducenet.rank=2"])
     res = run_reducenet(cfg, output_dir=tmp_path / "a", data=data)
     out = capsys.readouterr().out
     client = MlflowClient()
@@ -178,40 +179,42 @@ def test_three_stages_run_linked_fused_and_rerun_reuses_them(compose, experiment
     small, grow, shrink = (runs[k][0] for k in ("small", "grow", "shrink"))
     assert all(r.info.status == "FINISHED" for r in (small, grow, shrink))
     assert (small.data.tags["student"], grow.data.tags["student"], shrink.data.tags["student"]) == (
-        "resnet20", "reduce20", "resnet20")
+        "resnet8", "reduce8", "resnet8")
     assert grow.data.tags[stages.PARENT_TAG] == small.info.run_id
     assert shrink.data.tags[stages.PARENT_TAG] == grow.info.run_id
     assert shrink.data.tags["reducenet.small_run_id"] == small.info.run_id
-    assert shrink.data.tags["teacher"] == "reduce20" and shrink.data.tags["method"] == "kd"
+    assert shrink.data.tags["teacher"] == "reduce8" and shrink.data.tags["method"] == "kd"
     assert shrink.data.params["student.adapt.freeze"] in ("['fc']", "[fc]", '["fc"]')
     assert small.info.run_name.startswith("reducenet 1/3 small")
     # stage 2 grew from stage 1 (bottlenecks fresh); stage 3 shrank from stage 2 (dropped)
-    assert grow.data.metrics["init_tensors_fresh"] == 9 * 12 and grow.data.metrics["init_tensors_dropped"] == 0
+    gp, sp = grow.data.params, shrink.data.params
+    assert (gp["init.tensors_fresh"], gp["init.tensors_dropped"]) == ("36", "0")
+    assert (sp["init.tensors_dropped"], sp["init.tensors_fresh"]) == ("36", "0")
     m = shrink.data.metrics
-    assert m["init_tensors_dropped"] == 9 * 12 and m["init_tensors_fresh"] == 0
-    plain = create_model("resnet20", 10)
-    assert m["student_params"] == count_parameters(plain) and m["student_macs"] == count_macs(plain, 32)
-    assert m["reducenet.teacher_params"] == grow.data.metrics["student_params"] > m["student_params"]
+    plain = create_model("resnet8", 10)
+    assert int(sp["cost.student_params"]) == count_parameters(plain) == m["reducenet.student_params"]
+    assert int(sp["cost.student_macs"]) == count_macs(plain, 32) == m["reducenet.student_macs"]
+    assert m["reducenet.teacher_params"] == int(gp["cost.student_params"]) > count_parameters(plain)
     assert m["fuse_max_abs_diff"] < 1e-4 and m["best_val_acc"] == m["fused_val_acc"] == res.best_val_acc
     assert m["reducenet.student_minus_teacher"] == pytest.approx(
         m["best_val_acc"] - grow.data.metrics["best_val_acc"])
     # the run's checkpoint is the fused student: the plain architecture, strictly
     ckpt = load_checkpoint(res.checkpoint)
-    assert ckpt["fused"] and ckpt["arch"] == "resnet20"
-    load_model_weights(plain, ckpt, arch="resnet20", num_classes=10, source="best.pt")
+    assert ckpt["fused"] and ckpt["arch"] == "resnet8"
+    load_model_weights(plain, ckpt, arch="resnet8", num_classes=10, source="best.pt")
     # the classifier stayed the teacher's
     teacher_fc = load_checkpoint(tmp_path / ".kdsweep" / "reducenet" / f"{grow.info.run_id}.pt")
     assert torch.equal(ckpt["model"]["fc.weight"], teacher_fc["model"]["fc.weight"])
     assert "stage 3 shrink" in out and "vs teacher" in out
 
-    again = run_reducenet(compose(["experiment=reducenet", *TINY, *experiment, "reducenet.rank=2"]),
+    again = run_reducenet(compose(["experiment=reducenet", "student=reduce8", *TINY, *experiment, "reducenet.rank=2"]),
                           output_dir=tmp_path / "b", data=data)
     assert capsys.readouterr().out.count("(reused)") == 3
     assert {k: len(v) for k, v in stage_runs(client, experiment).items()} == {"small": 1, "grow": 1, "shrink": 1}
     assert again.run_id == res.run_id and again.best_val_acc == res.best_val_acc
 
     # another stage-3 setting reuses stages 1-2 and trains only a new stage 3
-    run_reducenet(compose(["experiment=reducenet", *TINY, *experiment, "reducenet.rank=0",
+    run_reducenet(compose(["experiment=reducenet", "student=reduce8", *TINY, *experiment, "reducenet.rank=0",
                            "reducenet.lambda_relu=false", "method=ce"]), output_dir=tmp_path / "c", data=data)
     counts = {k: len(v) for k, v in stage_runs(client, experiment).items()}
     assert counts == {"small": 1, "grow": 1, "shrink": 2}
@@ -225,11 +228,11 @@ def test_an_unfinished_stage_is_resumed_in_its_run(compose, experiment, tmp_path
 
     def crash_in_grow(self, member, epoch, metrics, is_best):
         original(self, member, epoch, metrics, is_best)
-        if member.arch == "reduce20" and epoch == 0:
+        if member.arch == "reduce8" and epoch == 0:
             raise KeyboardInterrupt  # as a killed process: the run stays RUNNING with last.pt
 
     monkeypatch.setattr(callbacks.EpochMetrics, "on_epoch_end", crash_in_grow)
-    args = ["experiment=reducenet", *TINY, *experiment, "reducenet.small=false",
+    args = ["experiment=reducenet", "student=reduce8", *TINY, *experiment, "reducenet.small=false",
             "reducenet.grow_epochs=2", "method=ce", "reducenet.rank=0", "reducenet.lambda_relu=false"]
     with pytest.raises(KeyboardInterrupt):
         run_reducenet(compose(args), output_dir=tmp_path / "a", data=data)
@@ -246,9 +249,29 @@ def test_an_unfinished_stage_is_resumed_in_its_run(compose, experiment, tmp_path
     assert all(r.info.status == "FINISHED" for v in runs.values() for r in v)
 
 
+@pytest.mark.parametrize("preset,student,dataset,method,small,rank", [
+    ("reducenet", "reduce20", "embedded", "kd", True, 4),
+    ("reducenet_cifar10", "reduce20", "cifar10", "ce", False, 0),  # the README's recipe
+])
+def test_presets_compose_and_debug_smoke_runs_reducenet8(compose, capsys, preset, student, dataset,
+                                                         method, small, rank):
+    cfg = compose([f"experiment={preset}"])
+    assert (cfg.student.name, cfg.dataset.name, cfg.method.name) == (student, dataset, method)
+    assert (cfg.reducenet.small, cfg.reducenet.rank, cfg.reducenet.expansion) == (small, rank, 1)
+    assert OmegaConf.is_missing(cfg.teacher, "name")
+    assert stages.check(cfg).teacher == "reduce20"
+    if preset == "reducenet_cifar10":
+        s = cfg.schedule
+        assert (s.epochs, s.lr, s.nesterov, s.weight_decay, s.batch_size) == (200, 0.1, True, 1e-4, 128)
+    # debug=smoke's small models (resnet14 -> resnet8) become ReduceNet-8
+    net = stages.check(compose([f"experiment={preset}", "debug=smoke"]))
+    assert (net.teacher, net.student) == ("reduce8", "resnet8")
+    assert "teacher resnet14 (set by a preset or overlay) is replaced" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("override,message", [
     ("reducenet.expansion=3", "reducenet.expansion=3 is not available; valid: 1, 2, 4"),
-    ("student=resnet8", "student=resnet8 is not a ReduceNet"),
+    ("student=resnet14", "student=resnet14 is not a ReduceNet"),
     ("student=reduce20_e2", "use student=reduce20 reducenet.expansion=2"),
     ("teacher=resnet56", "the teacher is stage 2's network, reduce20"),
     ("method.alpha=1.5", "method.alpha=1.5 is out of range"),
@@ -258,6 +281,7 @@ def test_an_unfinished_stage_is_resumed_in_its_run(compose, experiment, tmp_path
 ])
 def test_bad_settings_are_refused_before_any_work(compose, mlflow_uri, tmp_path, override, message):
     with pytest.raises(ConfigError) as err:
-        run_reducenet(compose(["experiment=reducenet", *TINY, override]), output_dir=tmp_path)
+        run_reducenet(compose(["experiment=reducenet", *TINY, override]), output_dir=tmp_path,
+                      overrides=[override])
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "mlflow.db").exists()

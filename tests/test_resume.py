@@ -75,14 +75,14 @@ def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path):
 
     client_b, run_b = only_run(b)
     assert run_b.info.run_id == killed.info.run_id and run_b.info.status == "FINISHED"
-    steps = [m.step for m in client_b.get_metric_history(run_b.info.run_id, "val_acc")]
+    steps = [m.step for m in client_b.get_metric_history(run_b.info.run_id, "val/acc")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # nothing duplicated, nothing missing
     client_a, run_a = only_run(a)
     for key in ("best_val_acc", "final_val_acc", "final_train_acc", "best_epoch"):
         assert run_b.data.metrics[key] == run_a.data.metrics[key], key
-    train_loss_a = [m.value for m in sorted(client_a.get_metric_history(run_a.info.run_id, "train_loss"),
+    train_loss_a = [m.value for m in sorted(client_a.get_metric_history(run_a.info.run_id, "train/loss"),
                                             key=lambda m: m.step)]
-    train_loss_b = [m.value for m in sorted(client_b.get_metric_history(run_b.info.run_id, "train_loss"),
+    train_loss_b = [m.value for m in sorted(client_b.get_metric_history(run_b.info.run_id, "train/loss"),
                                             key=lambda m: m.step)]
     assert train_loss_a == train_loss_b
     wa = load_checkpoint(run_a.data.tags["kdsweep.resume_path"])["trainer"]["model"]
@@ -94,7 +94,7 @@ def test_resume_false_starts_a_new_run(tmp_path):
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
                               "model": create_model("resnet8", num_classes=10).state_dict()})
-    args = [f"teacher.checkpoint={teacher}"]
+    args = [f"teacher.checkpoint={teacher}", "schedule.epochs=2"]
     p = launch(tmp_path, args)
     while not list(tmp_path.glob("outputs/*/*/checkpoints/last.pt")):
         assert p.poll() is None
@@ -134,7 +134,7 @@ def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
                               "model": create_model("resnet8", num_classes=10).state_dict()})
-    args = [f"teacher.checkpoint={teacher}", "train.limit_train_batches=40", "schedule.epochs=2"]
+    args = [f"teacher.checkpoint={teacher}", "train.limit_train_batches=16", "schedule.epochs=1"]
     p = launch(tmp_path, args)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     deadline = time.time() + 120
@@ -154,4 +154,4 @@ def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
     assert "restarting MLflow run" in out
     _, r = only_run(tmp_path)
     assert r.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val_acc")) == [1, 2]
+    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/acc")) == [1]

@@ -27,7 +27,8 @@ def runs_of(experiment: str = "kdsweep", filter_string: str = "") -> list:
     return MlflowClient().search_runs([exp.experiment_id], filter_string) if exp else []
 
 
-def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path):
+def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("KDSWEEP_LOG_MODEL", "true")
     ce = run(compose(["method=ce", "student=resnet14", *TINY]), output_dir=tmp_path / "ce")
     client = MlflowClient()
     r = client.get_run(ce.run_id)
@@ -36,10 +37,26 @@ def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path
     assert r.data.params["schedule.epochs"] == "2" and "teacher.name" not in r.data.params
     assert {"dataset": "embedded", "method": "ce", "student": "resnet14"}.items() <= r.data.tags.items()
     assert r.data.tags["env.torch"] == torch.__version__
-    for key in ("best_val_acc", "final_val_acc", "train_val_gap", "student_params", "student_macs"):
+    for key in ("best_val_acc", "final_val_acc", "train_val_gap"):
         assert key in r.data.metrics
-    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s"):
+    assert {"cost.student_params", "cost.student_macs", "cohort_size"} <= set(r.data.params)
+    assert not {"student_params", "cohort_size", "perf/cohort_size"} & set(r.data.metrics)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "opt/lr", "perf/images_per_s"):
         assert [m.step for m in client.get_metric_history(ce.run_id, key)] == [1, 2]
+    [data_input] = r.inputs.dataset_inputs
+    assert data_input.dataset.name == "embedded" and data_input.dataset.digest
+    # the best checkpoint is also an MLflow logged model that loads back as the student
+    import mlflow.pytorch
+
+    model = mlflow.pytorch.load_model(f"runs:/{ce.run_id}/model")
+    x = torch.randn(2, 3, 32, 32)
+    ref = create_model("resnet14", num_classes=10)
+    from kdsweep.engine import load_checkpoint, load_model_weights
+
+    load_model_weights(ref, load_checkpoint(ce.checkpoint), arch="resnet14", num_classes=10,
+                       source="best.pt")
+    with torch.no_grad():
+        assert torch.allclose(model(x), ref.eval()(x), atol=1e-5)
     artifacts = {a.path for a in client.list_artifacts(ce.run_id)}
     assert {"config.yaml", "checkpoints"} <= artifacts
     assert [a.path for a in client.list_artifacts(ce.run_id, "checkpoints")] == ["checkpoints/best.pt"]
@@ -51,7 +68,7 @@ def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path
     assert t["teacher_source"] == "mlflow" and t["teacher_run_id"] == ce.run_id
     assert t["teacher"] == "resnet14" and t["method"] == "kd"
     assert len(runs_of(filter_string="tags.method = 'ce'")) == 1  # no teacher trained twice
-    history = client.get_metric_history(kd.run_id, "loss_kd")
+    history = client.get_metric_history(kd.run_id, "train/loss_kd")
     assert len(history) == 2 and all(m.value > 0 for m in history)
 
 
@@ -125,6 +142,12 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     assert combos == [("0.2", "2"), ("0.2", "4"), ("0.8", "2"), ("0.8", "4")]
     assert all(r.info.status == "FINISHED" for r in kd_runs)
     assert len(list((tmp_path / "multirun").glob("*/*/*/checkpoints/best.pt"))) == 4
+    # Hydra's basic sweeper gets a parent run, sweep.json and the report too (a Hydra callback)
+    (parent,) = runs_of(filter_string="tags.`kdsweep.role` = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in kd_runs} == {parent.info.run_id}
+    (sweep_dir,) = [d for d in (tmp_path / "multirun").glob("*/*") if (d / "sweep.json").is_file()]
+    assert (sweep_dir / "report.md").is_file() and "| alpha \\ T | 2 | 4 |" in p.stdout
 
 
 def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):

@@ -113,6 +113,7 @@ class ReportConfig:
     cols: str | None = None       # override key of the columns (default: second swept key)
     title: str | None = None
     label_header: str | None = None  # header of the label column of one-row-per-point tables
+    published: str | None = None  # id of a published table (kdsweep.report.published) to compare
 
 
 @dataclass

@@ -27,7 +27,8 @@ class TeacherConf:
     name: str = MISSING
     checkpoint: str | None = None   # a file; null: the best finished ce run in MLflow, or train one
     pretrained: bool = False        # torchvision (tv_*) models: published ImageNet weights
-    min_val_acc: float | None = None  # refuse a recorded teacher below this validation accuracy
+    min_val_acc: float | None = None  # a teacher found in MLflow must have at least this val acc
+    same_schedule: bool = False     # ... and have been trained on this run's schedule
 
 
 @dataclass
@@ -46,6 +47,11 @@ class TrainConf:
     checkpoint_every: int = 1       # epochs between full checkpoints (last.pt) for resume; 0 = never
     channels_last: bool = True      # NHWC memory format for conv nets (faster on CPU and with AMP)
     progress: bool | None = None    # null: a progress bar on a terminal, quiet otherwise
+    compile: bool = False           # torch.compile the models (logit-only forwards; measured in
+                                    # docs/benchmarks.md: off by default where it does not pay)
+    batch_per_rank: bool = False    # torchrun: schedule.batch_size per process (else the global batch)
+    scale_lr: bool = False          # ... and then the LR times the number of processes (Goyal et al.)
+    sync_bn: bool = False           # torchrun on GPUs: BatchNorm statistics over the global batch
     fuse_memory: str = "split"      # a cohort too big for the device: split (train it in parts
                                     # that fit) | refuse (one line with the largest count that fits)
 
@@ -54,6 +60,9 @@ class TrainConf:
 class TrackingConf:
     uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlflow.db}"  # relative to the launch dir
     experiment: str = "kdsweep"
+    # The best checkpoint also as an MLflow logged model (a few seconds per run; the test suite
+    # sets KDSWEEP_LOG_MODEL=false except where it checks it).
+    log_model: bool = "${oc.env:KDSWEEP_LOG_MODEL,true}"  # type: ignore[assignment]
     lock_dir: str = ".kdsweep/locks"  # file locks: a shared teacher is trained once, a store
                                       # is created once
 
@@ -66,6 +75,7 @@ class SweepConf:
     study_name: str | None = None
     trial_number: int | None = None
     members_file: str | None = None   # a fused job: the file listing its member trials
+    label: str | None = None          # what the trial varies ("t05 alpha=0.4 T=4"): its run name
 
 
 @dataclass

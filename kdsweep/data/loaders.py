@@ -37,10 +37,11 @@ def derive_seed(*parts: int) -> int:
     return (int(state[0]) << 31 ^ int(state[1])) & (2**63 - 1)
 
 
-def num_batches(n: int, batch_size: int, train: bool) -> int:
-    """Batches per epoch: all of them, except a trailing train batch of size 1."""
+def num_batches(n: int, batch_size: int, train: bool, world: int = 1) -> int:
+    """Batches per epoch: all of them, except a trailing train batch that would give a process
+    a single sample (BatchNorm needs two)."""
     full, rest = divmod(n, batch_size)
-    return full + (1 if rest > 1 or (rest == 1 and not train) else 0)
+    return full + (1 if rest >= 2 * world or (rest > 0 and not train) else 0)
 
 
 @contextmanager
@@ -76,6 +77,18 @@ class _Normalizer:
 class _EpochMixin:
     epoch: int = 0
     train: bool
+    rank: int = 0  # data-parallel runs: this process takes part ``rank`` of ``world`` of each batch
+    world: int = 1
+
+    def shard(self, rank: int, world: int) -> None:
+        """Yield only this process's contiguous part of every (global) batch; the batches
+        themselves, their order and augmentation stay those of a single-process run."""
+        self.rank, self.world = int(rank), int(world)
+
+    def _mine(self, lo: int, hi: int) -> tuple[int, int]:
+        if self.world == 1:
+            return lo, hi
+        return lo + (hi - lo) * self.rank // self.world, lo + (hi - lo) * (self.rank + 1) // self.world
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffling and augmentation the next iteration reproduces."""
@@ -121,7 +134,7 @@ class TensorLoader(_EpochMixin):
         self.normalize = _Normalizer(mean, std, self.device)
 
     def __len__(self) -> int:
-        return num_batches(len(self.labels), self.batch_size, self.train)
+        return num_batches(len(self.labels), self.batch_size, self.train, self.world)
 
     def _draw(self, g: torch.Generator, n: int) -> dict[str, torch.Tensor]:
         """All augmentation parameters of one epoch, position j for the j-th sample served."""
@@ -177,7 +190,7 @@ class TensorLoader(_EpochMixin):
         else:
             order = torch.arange(n, device=self.device)
         for i in range(len(self)):
-            sl = slice(i * bs, (i + 1) * bs)
+            sl = slice(*self._mine(i * bs, min((i + 1) * bs, n)))
             with _one_cpu_thread(self.device):
                 idx = order[sl]
                 x = self.images.index_select(0, idx)
@@ -200,7 +213,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
         self.n, self.batch_size, self.train, self.owner = n, batch_size, train, owner
 
     def __len__(self) -> int:
-        return num_batches(self.n, self.batch_size, self.train)
+        return num_batches(self.n, self.batch_size, self.train, self.owner.world)
 
     def __iter__(self):
         if self.train:
@@ -210,7 +223,7 @@ class _EpochBatchSampler(torch.utils.data.Sampler):
         else:
             order, seeds = list(range(self.n)), [0] * self.n
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            sl = slice(*self.owner._mine(i * self.batch_size, min((i + 1) * self.batch_size, self.n)))
             yield list(zip(order[sl], seeds[sl], strict=True))
 
 

@@ -25,11 +25,17 @@ from torch import Tensor
 from tqdm import tqdm
 
 from kdsweep.engine.device import Precision
-from kdsweep.engine.forward import Forward, evaluate, limited
-from kdsweep.engine.member import ACTIVE, DIVERGED, DONE, FAILED, PRUNED, Member
-from kdsweep.engine.optim import build_optimizer, build_scheduler
-from kdsweep.errors import KDSweepError, Pruned, TrainingDiverged
-from kdsweep.methods import BuildContext, StepInfo
+from kdsweep.engine.distributed import (
+    SINGLE,
+    DistEnv,
+    broadcast,
+    sync_buffers,
+    sync_parameters,
+)
+from kdsweep.engine.forward import Forward, limited
+from kdsweep.engine.member import ACTIVE, DIVERGED, DONE, FAILED, PRUNED, Member, StepContext
+from kdsweep.errors import KDSweepError, Pruned
+from kdsweep.methods import BuildContext
 from kdsweep.models import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -42,56 +48,53 @@ class Cohort:
                  precision: Precision, teacher: torch.nn.Module | None = None,
                  teacher_arch: str | None = None, limit_train_batches: int | None = None,
                  limit_val_batches: int | None = None, progress: bool | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compile: bool = False,
+                 dist_env: DistEnv = SINGLE):
         if not members:
             raise ValueError("a cohort needs at least one member")
         self.members, self.data, self.epochs = list(members), data, int(epochs)
         self.batch_size, self.precision = int(batch_size), precision
         self.limit_train, self.limit_val, self.progress = limit_train_batches, limit_val_batches, progress
         self.steps_per_epoch = min(len(data.train), limit_train_batches or len(data.train))
-        self.device = next(self.members[0].student.parameters()).device
+        device = next(self.members[0].student.parameters()).device
         # A host check of the loss each step is free on the CPU; on a GPU it would stall the queue,
         # so there the fused optimiser skips a non-finite step on the device (found_inf) and the
         # flag is read at the progress-bar refreshes and at the end of each epoch.
-        self.sync_every = 1 if self.device.type == "cpu" else max(1, self.steps_per_epoch // 25)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        needs_teacher = any(m.method.needs_teacher for m in self.members)
-        needs_features = any(m.method.needs_features for m in self.members)
-        self.teacher_fwd = None
-        if teacher is not None and needs_teacher:
+        self.step = StepContext(self.epochs, self.steps_per_epoch, precision,
+                                1 if device.type == "cpu" else max(1, self.steps_per_epoch // 25),
+                                device, dist_env)
+        self.teacher_fwd, self.teacher_arch = None, teacher_arch
+        if teacher is not None and any(m.needs_teacher for m in self.members):
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
             teacher.to(memory_format=fmt).eval().requires_grad_(False)
-            self.teacher_fwd = Forward(teacher, teacher_arch, needs_features, channels_last)
+            self.teacher_fwd = Forward(teacher, teacher_arch,
+                                       any(m.needs_features for m in self.members), channels_last,
+                                       compile)
         for m in self.members:
-            m.student.to(memory_format=fmt)
-            m.forward = Forward(m.student, m.arch, m.method.needs_features, channels_last)
+            m.attach(channels_last, compile)
         self._build()
 
-    # ------------------------------------------------------------------------------ build
+    @property
+    def device(self) -> torch.device:
+        return self.step.device
+
     def _build(self) -> None:
-        """Let each method create its shape-dependent parts from one dry-run batch, then create
-        each member's optimiser (after build: connectors created there must be optimised)."""
-        x, _, _ = next(iter(self.data.train))
-        x = x[:2]
+        """Each member's method builds its parts on one dry-run batch; then its optimiser."""
+        x = next(iter(self.data.train))[0][:2]
         with torch.no_grad():
             t = self.teacher_fwd(x) if self.teacher_fwd is not None else None
         for m in self.members:
-            with m.rng.active():
-                was = m.student.training
-                m.student.eval()
-                with torch.no_grad():
-                    s = m.forward(x)
-                m.student.train(was)
-                m.method.build(s, t if m.method.needs_teacher else None, BuildContext(
-                    num_train=self.data.num_train, num_classes=self.data.num_classes,
-                    epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
-                    train_labels=getattr(self.data, "train_labels", None),
-                    batch_size=self.batch_size,
-                    teacher_tap=self.teacher_fwd.tap if self.teacher_fwd is not None else None))
-                m.method.to(self.device)
-            params = [p for p in [*m.student.parameters(), *m.method.parameters()] if p.requires_grad]
-            m.optimizer = build_optimizer(params, m.schedule, device=self.device)
-            m.scheduler = build_scheduler(m.optimizer, m.schedule, self.steps_per_epoch)
-            m.scaler = self.precision.grad_scaler()
+            ctx = BuildContext(num_train=self.data.num_train, num_classes=self.data.num_classes,
+                               epochs=self.epochs, steps_per_epoch=self.steps_per_epoch,
+                               train_labels=getattr(self.data, "train_labels", None),
+                               batch_size=self.batch_size,
+                               teacher_tap=self.teacher_fwd.tap if self.teacher_fwd else None,
+                               teacher_arch=self.teacher_arch, student_arch=m.arch,
+                               teacher_modes=("eval", "train"))
+            m.build(x, t, ctx, self.step)
+            for module in m.modules():  # data-parallel processes start from identical copies
+                sync_parameters(module, self.step.dist)
+                sync_buffers(module, self.step.dist)
 
     # ------------------------------------------------------------------------------- loop
     def fit(self) -> list[Member]:
@@ -112,12 +115,12 @@ class Cohort:
         return self.members
 
     def _end_epoch(self, m: Member, epoch: int, stats: dict[str, float]) -> None:
-        stats["val_loss"], stats["val_acc"] = evaluate(m.forward, self.data.val, self.precision,
-                                                       self.limit_val)
+        for module in m.modules():  # rank 0's BatchNorm statistics everywhere before validating
+            sync_buffers(module, self.step.dist)
+        stats.update(m.validate(self.data.val, self.precision, self.limit_val))
         is_best = m.result.add_epoch(epoch, stats)
-        log.info("%s epoch %d/%d  train loss %.4f acc %.2f  val loss %.4f acc %.2f  lr %.4g",
-                 m.name, epoch + 1, self.epochs, stats["train_loss"], stats["train_acc"],
-                 stats["val_loss"], stats["val_acc"], stats["lr"])
+        log.info("%s %d/%d: loss %.3f acc %.1f | val %.3f %.2f", m.name, epoch + 1, self.epochs,
+                 stats["train_loss"], stats["train_acc"], stats["val_loss"], stats["val_acc"])
         try:
             for cb in m.callbacks:
                 cb.on_epoch_end(m, epoch, stats, is_best)
@@ -125,19 +128,26 @@ class Cohort:
             m.stop(PRUNED, e)
         except KDSweepError as e:
             m.stop(FAILED, e)
+        if self.step.dist.active:  # rank 0 ran the callbacks (pruning): the others follow it
+            status, error = broadcast((m.status, m.error), self.step.dist)
+            if status != m.status:
+                m.stop(status, error)
 
     def _teacher_out(self, x: Tensor, active: Sequence[Member]) -> ModelOutput | None:
-        if self.teacher_fwd is None or not any(m.method.needs_teacher for m in active):
+        if self.teacher_fwd is None or not any(m.needs_teacher for m in active):
             return None
+        # OFD's reference code runs the teacher's BatchNorm on batch statistics while training
+        # (method.teacher_bn=train); members that share a teacher pass share that mode
+        # (kdsweep.config.cohort). Outputs then depend on the batch alone: resume stays exact.
+        train_bn = any(getattr(m.method, "teacher_mode", "eval") == "train" for m in active)
+        self.teacher_fwd.model.train(train_bn)
         with torch.no_grad(), self.precision.autocast():
             return self.teacher_fwd(x)
 
     def _train_epoch(self, epoch: int, active: list[Member]) -> dict[Member, dict[str, float]]:
         for m in active:
-            m.student.train()
-            m.method.train()
+            m.begin_epoch(self.device)
         self.data.train.set_epoch(epoch)
-        sums = {m: _Sums(self.device) for m in active}
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}",
                    disable=None if self.progress is None else not self.progress, leave=False,
                    unit="batch", ncols=80, bar_format="{desc} {percentage:3.0f}%|{bar:12}| "
@@ -150,99 +160,36 @@ class Cohort:
                 break
             t_out = self._teacher_out(x, live)
             for m in live:
-                self._step(m, x, y, idx, t_out, epoch, sums[m])
+                m.train_step(x, y, idx, t_out, epoch, self.step)
             seen += y.numel()
             bar.update(1)
             last = i + 1 == self.steps_per_epoch
-            if (i + 1) % self.sync_every == 0 or last:
+            if (i + 1) % self.step.sync_every == 0 or last:
                 for m in live:
-                    self._check_finite(m, sums[m], epoch)
+                    m.check_finite(epoch)
             if (i + 1) % refresh == 0 or last:
-                bar.set_postfix_str(self._postfix(live, sums, seen, time.perf_counter() - start))
+                bar.set_postfix_str(self._postfix(live, seen, time.perf_counter() - start))
         for m in active:  # a non-finite step between the last check and the epoch's end
-            if m.active:
-                self._check_finite(m, sums[m], epoch)
+            m.check_finite(epoch)
         seconds = time.perf_counter() - start
         bar.close()
-        return {m: sums[m].stats(m, seen, seconds, len(active)) for m in active}
-
-    def _step(self, m: Member, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
-              epoch: int, sums: _Sums) -> None:
-        info = StepInfo(epoch=epoch, step=m.global_step, epochs=self.epochs,
-                        steps_per_epoch=self.steps_per_epoch, indices=idx)
-        with m.rng.active():
-            with self.precision.autocast():
-                s_out = m.forward(x)
-                terms = m.method(s_out, t_out if m.method.needs_teacher else None, y, info)
-            loss = sum(terms.values())
-            bad = ~torch.isfinite(loss.detach())
-            if self.sync_every == 1 and bool(bad):  # checked before the step: weights stay clean
-                self._diverged(m, epoch, m.global_step, terms)
-                return
-            m.optimizer.zero_grad(set_to_none=True)
-            m.scaler.scale(loss).backward()
-            if self.sync_every > 1:
-                m.optimizer.found_inf = bad.float()  # the fused optimiser skips a bad step
-            m.scaler.step(m.optimizer)
-            m.scaler.update()
-            m.scheduler.step()
-        sums.add(loss, s_out.logits, y, terms, bad, m.global_step)
-        m.global_step += 1
-
-    def _check_finite(self, m: Member, sums: _Sums, epoch: int) -> None:
-        if m.active and sums.first_bad is not None and int(sums.first_bad) >= 0:
-            self._diverged(m, epoch, int(sums.first_bad), None)
-
-    def _diverged(self, m: Member, epoch: int, step: int, terms: dict[str, Tensor] | None) -> None:
-        parts = (" (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()) + ")"
-                 if terms else "")
-        m.stop(DIVERGED, TrainingDiverged(
-            f"loss became non-finite at epoch {epoch + 1} step {step + 1}{parts}; the step was not "
-            "applied; lower schedule.lr or the method's weights"))
-        log.warning("%s: %s", m.name, m.error)
+        shared = {"images_per_s": seen * self.step.dist.world / max(seconds, 1e-9),
+                  "epoch_time_s": seconds, "cohort_size": float(len(active))}
+        return {m: {**m.epoch_stats(seen, self.step.dist), **shared} for m in active if m.active}
 
     @staticmethod
-    def _postfix(live: Sequence[Member], sums: dict[Member, _Sums], seen: int, elapsed: float) -> str:
-        loss = sum(float(sums[m].loss) for m in live) / max(1, len(live) * max(seen, 1))
-        acc = sum(float(sums[m].correct) for m in live) / max(1, len(live) * max(seen, 1))
+    def _postfix(live: Sequence[Member], seen: int, elapsed: float) -> str:
+        n = max(1, len(live) * max(seen, 1))
+        loss = sum(float(m.sums.loss) for m in live) / n
+        acc = sum(float(m.sums.correct) for m in live) / n
         size = f" n={len(live)}" if len(live) > 1 else ""
         return f"loss {loss:.3f} acc {100 * acc:.1f}{size} {seen / max(elapsed, 1e-9):.0f}img/s"
 
     def close(self) -> None:
         for m in self.members:
-            if m.forward is not None:
-                m.forward.close()
+            m.close()
         if self.teacher_fwd is not None:
             self.teacher_fwd.close()
-
-
-class _Sums:
-    """Running sums of one member's epoch, kept on the device (no host sync per step)."""
-
-    def __init__(self, device: torch.device):
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros((), dtype=torch.int64, device=device)
-        self.terms: dict[str, Tensor] = {}
-        self.first_bad: Tensor | None = None
-
-    def add(self, loss: Tensor, logits: Tensor, y: Tensor, terms: dict[str, Tensor], bad: Tensor,
-            step: int) -> None:
-        bs = y.numel()
-        self.loss += loss.detach().double() * bs
-        self.correct += (logits.detach().argmax(1) == y).sum()
-        for k, v in terms.items():
-            self.terms[k] = self.terms.get(k, 0.0) + v.detach().double() * bs
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
-        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-
-    def stats(self, m: Member, seen: int, seconds: float, cohort_size: int) -> dict[str, float]:
-        n = max(seen, 1)
-        out = {"train_loss": float(self.loss) / n, "train_acc": 100.0 * float(self.correct) / n,
-               "images_per_s": seen / max(seconds, 1e-9), "epoch_time_s": seconds,
-               "lr": m.optimizer.param_groups[0]["lr"], "cohort_size": float(cohort_size)}
-        out.update({f"loss_{k}": float(v) / n for k, v in self.terms.items()})
-        return out
 
 
 __all__ = ["ACTIVE", "DIVERGED", "DONE", "FAILED", "PRUNED", "Cohort"]

@@ -21,14 +21,18 @@ class Forward:
     """
 
     def __init__(self, model: nn.Module, spec_name: str | None, features: bool,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compile: bool = False):
         self.model = model
         self.tap = FeatureTap(model, spec_name) if features and spec_name else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # torch.compile for logit-only calls (feature taps write to Python state from forward
+        # hooks, which compiled graphs would break on). Dynamo caches compiled code per model
+        # class, so the members of a cohort and later runs of the process reuse it.
+        self.call = torch.compile(model) if compile and self.tap is None else model
 
     def __call__(self, x: Tensor) -> ModelOutput:
         x = x.contiguous(memory_format=self.memory_format)
-        return self.tap(x) if self.tap is not None else ModelOutput(logits=self.model(x))
+        return self.tap(x) if self.tap is not None else ModelOutput(logits=self.call(x))
 
     def close(self) -> None:
         if self.tap is not None:

@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from kdsweep.methods import Method
+from kdsweep.engine.device import Precision
+from kdsweep.engine.distributed import SINGLE, DistEnv, any_true, average_gradients, sum_
+from kdsweep.engine.forward import Forward, evaluate
+from kdsweep.engine.optim import build_optimizer, build_scheduler
+from kdsweep.errors import TrainingDiverged
+from kdsweep.methods import BuildContext, Method, StepInfo
+from kdsweep.models import ModelOutput
 
 ACTIVE, DONE, PRUNED, DIVERGED, FAILED = "active", "done", "pruned", "diverged", "failed"
 
@@ -87,6 +93,54 @@ class RngStream:
             self.cuda = state["cuda"]
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What a member needs to know about the cohort's loop to take a step."""
+
+    epochs: int
+    steps_per_epoch: int
+    precision: Precision
+    sync_every: int  # 1: check the loss on the host each step (CPU); >1: flag on the device (GPU)
+    device: torch.device
+    dist: DistEnv = SINGLE  # data-parallel processes (kdsweep.engine.distributed)
+
+
+class Sums:
+    """Running sums of one member's epoch, kept on the device (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.terms: dict[str, Tensor] = {}
+        self.first_bad: Tensor | None = None
+
+    def add(self, loss: Tensor, logits: Tensor, y: Tensor, terms: dict[str, Tensor], bad: Tensor,
+            step: int) -> None:
+        bs = y.numel()
+        self.loss += loss.detach().double() * bs
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        for k, v in terms.items():
+            self.terms[k] = self.terms.get(k, 0.0) + v.detach().double() * bs
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
+
+    def stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+        n = max(float(sum_(torch.tensor(float(seen)), dist_env)), 1.0)
+        out = {"train_loss": float(sum_(self.loss, dist_env)) / n,
+               "train_acc": 100.0 * float(sum_(self.correct, dist_env)) / n}
+        out.update({f"loss_{k}": float(sum_(torch.as_tensor(v), dist_env)) / n
+                    for k, v in self.terms.items()})
+        return out
+
+
+def diverged(epoch: int, step: int, terms: dict[str, Tensor] | None) -> TrainingDiverged:
+    parts = (" (" + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items()) + ")"
+             if terms else "")
+    return TrainingDiverged(f"loss became non-finite at epoch {epoch + 1} step {step + 1}{parts}; "
+                            "the step was not applied; lower schedule.lr or the method's weights")
+
+
 class Callback:
     """Per-epoch behaviour of a member (checkpoints, tracking, pruning reports), called by the
     cohort after the member's epoch is validated and recorded in ``member.result``.
@@ -101,7 +155,10 @@ class Callback:
 
 
 class Member:
-    """One student being trained; the cohort creates its optimiser and schedule in ``build``."""
+    """One student being trained, and one record (MLflow run). The cohort calls :meth:`build`
+    once, then per epoch :meth:`begin_epoch`, :meth:`train_step` per batch, :meth:`check_finite`,
+    :meth:`epoch_stats` and :meth:`validate`. A member whose method couples several students
+    (ModReduce's peers) is a :class:`kdsweep.engine.peers.PeerGroup`."""
 
     def __init__(self, name: str, student: nn.Module, method: Method, schedule: dict[str, Any], *,
                  arch: str, rng: RngStream, callbacks: Sequence[Callback] = ()):
@@ -116,13 +173,111 @@ class Member:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: Any = None
         self.scaler: Any = None
+        self.sums: Sums | None = None
 
     @property
     def active(self) -> bool:
         return self.status == ACTIVE
 
+    @property
+    def needs_teacher(self) -> bool:
+        return self.method.needs_teacher
+
+    @property
+    def needs_features(self) -> bool:
+        return self.method.needs_features
+
     def stop(self, status: str, error: BaseException | None = None) -> None:
         self.status, self.error = status, error
+
+    def attach(self, channels_last: bool, compile: bool = False) -> None:
+        """Memory format, feature taps and compilation (before :meth:`build`)."""
+        self.student.to(memory_format=torch.channels_last if channels_last
+                        else torch.contiguous_format)
+        self.forward = Forward(self.student, self.arch, self.method.needs_features, channels_last,
+                               compile)
+
+    def build(self, x: Tensor, t_out: ModelOutput | None, ctx: BuildContext,
+              step: StepContext) -> None:
+        """Let the method create its shape-dependent parts from a dry-run batch, then create the
+        optimiser (after: connectors created there must be optimised) and the LR schedule."""
+        with self.rng.active():
+            was = self.student.training
+            self.student.eval()
+            with torch.no_grad():
+                s = self.forward(x)
+            self.student.train(was)
+            self.method.build(s, t_out if self.method.needs_teacher else None, ctx)
+            self.method.to(step.device)
+        params = [p for p in [*self.student.parameters(), *self.method.parameters()]
+                  if p.requires_grad]
+        self.optimizer = build_optimizer(params, self.schedule, device=step.device)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule, step.steps_per_epoch)
+        self.scaler = step.precision.grad_scaler()
+
+    def begin_epoch(self, device: torch.device) -> None:
+        self.student.train()
+        self.method.train()
+        self.sums = Sums(device)
+
+    def train_step(self, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
+                   epoch: int, step: StepContext) -> None:
+        """Forward, loss terms, backward and one optimiser step, in this member's RNG stream.
+
+        A non-finite loss is never applied: on the CPU it is checked before the step (the member
+        stops); on a GPU the fused optimiser skips it on the device and :meth:`check_finite`
+        stops the member at the next check.
+        """
+        info = StepInfo(epoch=epoch, step=self.global_step, epochs=step.epochs,
+                        steps_per_epoch=step.steps_per_epoch, indices=idx)
+        with self.rng.active():
+            with step.precision.autocast():
+                s_out = self.forward(x)
+                terms = self.method(s_out, t_out if self.method.needs_teacher else None, y, info)
+            loss = sum(terms.values())
+            bad = any_true(~torch.isfinite(loss.detach()), step.dist)
+            if step.sync_every == 1 and bool(bad):
+                self.stop(DIVERGED, diverged(epoch, self.global_step, terms))
+                return
+            self.apply(loss, bad, step)
+        self.sums.add(loss, s_out.logits, y, terms, bad, self.global_step)
+        self.global_step += 1
+
+    def apply(self, loss: Tensor, bad: Tensor, step: StepContext) -> None:
+        """Backward and one step of the optimiser and the LR schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        average_gradients((p for g in self.optimizer.param_groups for p in g["params"]), step.dist)
+        if step.sync_every > 1:
+            self.optimizer.found_inf = bad.float()  # the fused optimiser skips a bad step
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def check_finite(self, epoch: int) -> None:
+        first = self.sums.first_bad if self.sums is not None else None
+        if self.active and first is not None and int(first) >= 0:
+            self.stop(DIVERGED, diverged(epoch, int(first), None))
+
+    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+        """The epoch's training metrics (summed over the data-parallel processes)."""
+        return {**self.sums.stats(seen, dist_env), "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def modules(self) -> list[nn.Module]:
+        """What holds this member's weights and BatchNorm statistics."""
+        return [self.student, self.method]
+
+    def validate(self, loader: Any, precision: Precision, limit: int | None) -> dict[str, float]:
+        loss, acc = evaluate(self.forward, loader, precision, limit)
+        return {"val_loss": loss, "val_acc": acc}
+
+    def best_weights(self) -> dict[str, Any]:
+        """What ``best.pt`` holds when this epoch is the best: a plain student's weights."""
+        return {"model": self.student.state_dict(), "method": self.method.state_dict()}
+
+    def close(self) -> None:
+        if self.forward is not None:
+            self.forward.close()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly where it stopped (for ``last.pt``)."""

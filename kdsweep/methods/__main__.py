@@ -29,8 +29,9 @@ def markdown() -> str:
     lines = ["| method | option | type | default | allowed |", "|---|---|---|---|---|"]
     for name in list_methods():
         for i, hp in enumerate(hparams(get_method(name))):
+            typ = hp.type_name.replace("|", "\\|")  # "float | None" inside a Markdown cell
             lines.append(f"| {'`' + name + '`' if i == 0 else ''} | `method.{hp.name}` | "
-                         f"{hp.type_name} | `{_value(hp.default)}` | {hp.allowed()} |")
+                         f"{typ} | `{_value(hp.default)}` | {hp.allowed()} |")
     return "\n".join(lines)
 
 

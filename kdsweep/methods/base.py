@@ -228,6 +228,11 @@ class BuildContext:
     train_labels: Tensor | None = None  # int64 on the CPU, position i = training index i
     batch_size: int | None = None  # training batch size (SemCKD's attention width)
     teacher_tap: Any = None  # the teacher's FeatureTap (OFD reads its BN-before-ReLU statistics)
+    teacher_arch: str | None = None  # registry names of the pair (DKD's per-pair beta); None:
+    student_arch: str | None = None  # an engine that does not pass them
+    # The teacher BatchNorm modes the engine honours for a method's ``teacher_mode`` attribute
+    # ("train": the teacher runs with batch statistics during training steps, as OFD's code does).
+    teacher_modes: tuple[str, ...] = ("eval",)
 
 
 class Method(nn.Module):

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from kdsweep.methods.base import Method, Range, StepInfo, Temperature, Weight, register_method
+from kdsweep.methods.base import (
+    BuildContext,
+    Method,
+    Range,
+    StepInfo,
+    Temperature,
+    Weight,
+    register_method,
+)
 from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
+
+log = logging.getLogger(__name__)
+
+#: mdistiller's published beta per CIFAR-100 pair (``configs/cifar100/dkd/*.yaml``), by
+#: (teacher, student) in kdsweep's model names; every other pair uses ``DEFAULT_BETA``.
+PAIR_BETA: dict[tuple[str, str], float] = {
+    ("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0,
+    ("vgg13", "vgg8"): 6.0, ("vgg13", "MobileNetV2"): 6.0,
+    ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0,
+}
+DEFAULT_BETA = 8.0  # mdistiller DKD.BETA
+
+
+def pair_beta(teacher: str | None, student: str | None) -> tuple[float, str]:
+    """(beta, where it comes from) for a teacher/student pair, as mdistiller's configs set it."""
+    if teacher is None or student is None:
+        return DEFAULT_BETA, "mdistiller's default (the engine did not name the pair)"
+    if (teacher, student) in PAIR_BETA:
+        return PAIR_BETA[teacher, student], f"mdistiller's beta for {teacher} -> {student}"
+    return DEFAULT_BETA, f"mdistiller's default ({teacher} -> {student} has no own config)"
 
 
 def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
@@ -55,18 +84,37 @@ class DKD(Method):
 
     ``epoch`` is :class:`StepInfo`'s 0-based epoch, so ``w`` is mdistiller's
     ``min(epoch / warmup, 1)`` with its 1-based epochs: 1/20 in the first epoch, 1 from epoch 20.
-    Defaults (mdistiller ``DKD.*``): ``ce_weight 1, alpha 1, beta 8, T 4, warmup 20``; beta is
-    tuned per pair (2 for resnet56/110 -> resnet20/32, 6 for vgg13 and wrn_40_2 teachers, 8
-    otherwise; see conf/method/dkd.yaml). Logged terms: ``ce``, ``tckd``, ``nckd`` (and ``kd``),
-    each already weighted, the warmup included.
+    Defaults (mdistiller ``DKD.*``): ``ce_weight 1, alpha 1, T 4, warmup 20``. ``beta`` is
+    mdistiller's per-pair value when left at ``null`` (:data:`PAIR_BETA`: 2 for resnet56 ->
+    resnet20 and resnet110 -> resnet32; 6 for vgg13 -> vgg8 / MobileNetV2 and wrn_40_2 ->
+    wrn_16_2 / wrn_40_1; 8 otherwise), chosen in :meth:`build` from ``BuildContext.teacher_arch``
+    / ``student_arch``; after ``build`` ``self.beta`` is the value in use and ``self.beta_source``
+    says why (also in :attr:`resolved`). ``method.beta=X`` fixes it. Logged terms: ``ce``,
+    ``tckd``, ``nckd`` (and ``kd``), each already weighted, the warmup included.
     """
 
-    def __init__(self, ce_weight: Weight = 1.0, alpha: Weight = 1.0, beta: Weight = 8.0,
+    def __init__(self, ce_weight: Weight = 1.0, alpha: Weight = 1.0, beta: Weight | None = None,
                  T: Temperature = 4.0, warmup: Annotated[float, Range(0.0)] = 20.0,
                  kd_weight: Weight = 0.0):
         super().__init__()
-        self.ce_weight, self.alpha, self.beta, self.T = ce_weight, alpha, beta, T
+        self.ce_weight, self.alpha, self.T = ce_weight, alpha, T
         self.warmup, self.kd_weight = warmup, kd_weight
+        self.per_pair = beta is None
+        # Until build() names the pair, a per-pair beta is mdistiller's default.
+        self.beta = DEFAULT_BETA if beta is None else beta
+        self.beta_source = "mdistiller's default (not built yet)" if beta is None else "method.beta"
+
+    @property
+    def resolved(self) -> dict[str, float | str]:
+        """The values in use that the config left open (``method.beta=null``), and why."""
+        return {"beta": self.beta, "beta_source": self.beta_source}
+
+    def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+              context: BuildContext) -> None:
+        if self.per_pair:
+            self.beta, self.beta_source = pair_beta(getattr(context, "teacher_arch", None),
+                                                    getattr(context, "student_arch", None))
+        log.info("dkd: beta %g (%s)", self.beta, self.beta_source)
 
     def warmup_factor(self, epoch: int) -> float:
         return 1.0 if self.warmup <= 0 else min((epoch + 1) / self.warmup, 1.0)

@@ -120,6 +120,12 @@ class Multi(Method):
             raise ConfigError(self._double_ce_message(counted))
         self._checked = False
 
+    @property
+    def teacher_mode(self) -> str:
+        """``train`` when any part runs the teacher's BatchNorm on batch statistics (OFD)."""
+        modes = {getattr(m, "teacher_mode", "eval") for m in self.parts.values()}
+        return "train" if "train" in modes else "eval"
+
     @staticmethod
     def _double_ce_message(namespaces: list[str]) -> str:
         return (f"method=multi counts the labels' cross-entropy in {' and '.join(namespaces)}: "

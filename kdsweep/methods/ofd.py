@@ -13,6 +13,7 @@ from kdsweep.errors import ConfigError
 from kdsweep.methods.base import (
     BuildContext,
     FeatureMethod,
+    OneOf,
     Range,
     StepInfo,
     Temperature,
@@ -55,6 +56,14 @@ class OFD(FeatureMethod):
     (``j = 1..n``; the deepest stage has weight 1, each shallower one half the next). Defaults
     (mdistiller ``OFD.*``): ``feat_weight 1e-3, connector kernel_size 1, ce 1``.
 
+    ``teacher_bn``: both reference implementations (clovaai/overhaul-distillation and mdistiller,
+    whose ``OFD.train()`` puts the teacher in training mode with the student) run the teacher's
+    BatchNorm on batch statistics during distillation steps; ``teacher_bn=train`` asks the engine
+    for that (the method's :attr:`teacher_mode`), ``eval`` (the default, as every other kdsweep
+    method) uses the running statistics. An engine that cannot honour ``train``
+    (``BuildContext.teacher_modes``) makes :meth:`build` refuse it in one line instead of
+    silently running in eval mode.
+
     The margins come from the *teacher module* (its BN layers), which a ``ModelOutput`` does not
     carry: call :meth:`set_teacher` with the teacher's :class:`~kdsweep.models.FeatureTap` (or
     its list of BN-before-ReLU layers, or the margins themselves) before :meth:`build`, or give
@@ -62,8 +71,10 @@ class OFD(FeatureMethod):
     """
 
     def __init__(self, feat_weight: Weight = 1e-3, kernel_size: Annotated[int, Range(1)] = 1,
-                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
+                 ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0,
+                 teacher_bn: Annotated[str, OneOf(("eval", "train"))] = "eval"):
         super().__init__()
+        self.teacher_bn = teacher_bn
         self.feat_weight = feat_weight
         if kernel_size % 2 != 1:
             raise ConfigError(f"method.kernel_size={kernel_size!r} must be an odd integer >= 1")
@@ -71,6 +82,11 @@ class OFD(FeatureMethod):
         self._init_logits(ce_weight, kd_weight, T)
         self.connectors = nn.ModuleList()
         self._num_margins = -1  # margin buffers margin0.. for teacher stages f1..fn; -1: not set
+
+    @property
+    def teacher_mode(self) -> str:
+        """How the engine should run the teacher during training steps: ``eval`` or ``train``."""
+        return self.teacher_bn
 
     # -- teacher statistics ---------------------------------------------------------------------
     def set_teacher(self, teacher: Any) -> None:
@@ -100,6 +116,11 @@ class OFD(FeatureMethod):
               context: BuildContext) -> None:
         require_features(self.name, student_out, "student", preact=True)
         require_features(self.name, teacher_out, "teacher", preact=True)
+        if self.teacher_bn not in getattr(context, "teacher_modes", ("eval",)):
+            raise ConfigError(
+                f"method.teacher_bn={self.teacher_bn} (the teacher's BatchNorm on batch statistics, "
+                "as the OFD reference code) is not supported by this kdsweep engine yet; use "
+                "method.teacher_bn=eval")
         if self._num_margins < 0:
             tap = getattr(context, "teacher_tap", None)
             if tap is None:

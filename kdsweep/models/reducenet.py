@@ -11,7 +11,9 @@ and a ReLU follows. Without the bottleneck branch the block *is* RepDistiller's 
 is a subnetwork of its teacher, and weights move between the two by name (docs/reducenet.md).
 
 Names: ``reduce20``/``reduce56`` (expansion 1, the public code's default), ``reduce20_e2``,
-``reduce20_e4``, ``reduce56_e2``, ``reduce56_e4``. The small network is ``resnet20``/``resnet56``.
+``reduce20_e4``, ``reduce56_e2``, ``reduce56_e4``; the small network is ``resnet20``/``resnet56``.
+``reduce8`` (``_e2``, ``_e4``, small network ``resnet8``) is not in the paper: it is the tiny
+variant for smoke runs and tests.
 
 Deviations from the public code (which differs between its own versions): there the branches are
 bare convolutions summed before one shared BN-ReLU (bottleneck Conv3-BN-ReLU-Conv1, single Conv3)
@@ -36,6 +38,7 @@ from kdsweep.models.resnet import FEATURES, CifarResNet
 __all__ = ["ReduceBlock", "ReduceNet"]
 
 EXPANSIONS = (1, 2, 4)
+DEPTHS = (8, 20, 56)  # 8: a tiny variant for smoke runs and tests (not in the paper)
 
 
 class ReduceBlock(nn.Module):
@@ -106,6 +109,6 @@ def _register(depth: int, expansion: int) -> None:
     register_model(name, family="reducenet", features=FEATURES)(build)
 
 
-for _depth in (20, 56):
+for _depth in DEPTHS:
     for _e in EXPANSIONS:
         _register(_depth, _e)

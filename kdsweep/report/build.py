@@ -1,18 +1,23 @@
-"""Sweep reports: the papers' tables (rows alpha, columns T; one row per trick) from MLflow.
+"""Sweep reports: the papers' tables from MLflow, beside the published numbers.
 
-``python -m kdsweep.report SWEEP_DIR_OR_PARENT_RUN_ID [--metric final_val_acc]`` reads the sweep's
-MLflow parent run and its child runs (one per trial) and writes, into the sweep directory:
+``python -m kdsweep.report SWEEP_DIR_OR_PARENT_RUN_ID [--metric final_val_acc] [--published ID]``
+reads the sweep's MLflow parent run and its child runs (one per trial) and writes, into the sweep
+directory:
 
-* ``report.md``: Markdown tables in the papers' layout. Each cell is the child run's
-  ``best_val_acc`` metric (``--metric`` picks another one, e.g. ``final_val_acc``), in %, the best
-  cell in **bold**; a point that was not run is an empty cell (a sparse grid), a pruned trial reads
-  ``pruned (epoch N)``, a failed one ``failed``;
-* ``heatmap.png`` (two swept keys) or ``bars.png`` (one row per point or trial);
-* ``curves.png``: ``val_acc`` per epoch of every child run;
+* ``report.md``: Markdown tables in the papers' layout (:mod:`kdsweep.report.layout`). A cell
+  shows the best and last-epoch accuracy (``best_val_acc`` / ``final_val_acc``, %); several runs
+  of one cell (seeds) are mean ± std (n); the best cell in **bold**; a point not run is empty,
+  unfinished runs read ``running``, ``pruned (epoch N)``, ``failed``. With a published table
+  (``hydra.sweeper.report.published``, :mod:`kdsweep.report.published`) each row is followed by
+  the published numbers and the difference. Then "Did distillation help?": the teacher and the
+  student trained alone (:mod:`kdsweep.report.baselines`) beside the best distilled cell;
+* ``report.csv`` (one row per cell), ``runs.csv`` (one row per run), ``report.tex`` (pandas);
+* ``heatmap.png`` (pivot tables) or ``bars.png`` (one row per point or trial), ``curves.png``;
 
 and logs them as artifacts (``report/``) of the parent run. The kdsweep Optuna sweeper calls
-:func:`write_report` when a sweep ends. A child's cell is found from the overrides it ran with
-(its ``overrides`` param), so the values are exactly those MLflow recorded for that run.
+:func:`write_report` when a sweep ends; it can be run at any time during a sweep (partial tables).
+A child's cell is found from the overrides it ran with (its ``overrides`` param), so the values
+are exactly those MLflow recorded for that run.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,14 +35,20 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from kdsweep.errors import KDSweepError
+from kdsweep.report import baselines, frame
+from kdsweep.report import plots as report_plots
+from kdsweep.report.layout import build_tables
+from kdsweep.report.published import Published, get_published
 from kdsweep.report.tables import (  # noqa: F401  (re-exported: the report's public names)
+    BEST,
     BOOKKEEPING,
     Cell,
     Child,
     Table,
     _higher_is_better,
-    build_tables,
     format_value,
+    higher_is_better,
     parse_overrides,
     short,
 )
@@ -45,8 +57,8 @@ from kdsweep.tracking.secrets import MASK
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class ReportError(RuntimeError):
-    pass
+class ReportError(KDSweepError, RuntimeError):
+    """The report cannot be made (no sweep here, unknown run, unreadable sweep.json)."""
 
 
 @dataclass
@@ -120,66 +132,123 @@ def fetch_children(client: MlflowClient, parent_run_id: str) -> list[Child]:
     return out
 
 
-# ------------------------------------------------------------------------------------- layout
 # ------------------------------------------------------------------------------------- output
-def render(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[Child],
-           metric: str) -> str:
-    name = info.get("study_name") or info.get("parent_run_id")
+def _status_line(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[Child]) -> str:
     n = {s: sum(c.status == s for c in children) for s in ("FINISHED", "KILLED", "FAILED", "RUNNING")}
     pruned = sum("pruned_at_epoch" in c.tags for c in children)
+    cells = [c for t in tables for row in t.cells for c in row]
+    done = sum(1 for c in cells if c.n)
+    line = (f"{len(children)} child runs: {n['FINISHED']} finished, {pruned} pruned, "
+            f"{n['FAILED']} failed" + (f", {n['RUNNING']} running" if n["RUNNING"] else "") + "; "
+            f"{done} of {len(cells)} cells have a result.")
+    if n["RUNNING"] or done < len(cells):
+        target = info.get("study_dir") or info.get("parent_run_id")
+        line = (f"**Partial** (made {time.strftime('%Y-%m-%d %H:%M')}, before every cell has a "
+                f"finished run; `python -m kdsweep.report {target}` makes it again at any time): "
+                + line)
+    return line
+
+
+def render(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[Child],
+           metric: str, pairs: Sequence[Any] = (), published: Published | None = None,
+           why_not: str = "") -> str:
+    name = info.get("study_name") or info.get("parent_run_id")
     parts = [f"## Sweep {name}", ""]
+    if published is not None:
+        parts += [f"Published: **{published.title}**, {published.source}. {published.note}".rstrip(),
+                  ""]
+    elif why_not:
+        parts += [why_not, ""]
     for t in tables:
         parts += [t.markdown(metric), ""]
+    what = ("best / last = the `best_val_acc` / `final_val_acc` metrics (%, best and last epoch)"
+            if metric == BEST else f"the `{metric}` metric")
     parts.append(
-        f"Values: the `{metric}` metric (%) of each child run of MLflow run "
-        f"`{info.get('parent_run_id')}` (experiment `{info.get('experiment', '?')}`); "
-        f"**bold** = best{'' if _higher_is_better(metric) else ' (lowest)'}; "
-        "an empty cell = a point not run. "
-        f"{len(children)} child runs: {n['FINISHED']} finished, {pruned} pruned, "
-        f"{n['FAILED']} failed" + (f", {n['RUNNING']} running" if n["RUNNING"] else "") + ".")
+        f"Values: {what} of the child runs of MLflow run `{info.get('parent_run_id')}` "
+        f"(experiment `{info.get('experiment', '?')}`); several runs of one cell (seeds) are "
+        "mean ± sample std (n=runs); "
+        f"**bold** = best{'' if higher_is_better(metric) else ' (lowest)'}; "
+        "an empty cell = a point not run"
+        + ("; ↳ published = the source's number, Δ = measured - published, measured as the "
+           "source reports it (best or last epoch)" if published is not None else "") + ".")
+    parts += ["", _status_line(info, tables, children)]
+    extra = baselines.markdown(pairs, metric, published)
+    if extra:
+        parts += ["", extra]
     return "\n".join(parts) + "\n"
 
 
+def _published_of(info: Mapping[str, Any], override: str | None,
+                  children: Sequence[Child]) -> tuple[Published | None, str]:
+    """The published table to compare with, or None and why not (runs on another data set)."""
+    pid = override or (info.get("report") or {}).get("published")
+    pub = get_published(pid) if pid else None
+    ran = sorted({c.tags["dataset"] for c in children if c.tags.get("dataset")})
+    if pub is None or not pub.dataset or not ran or pub.dataset in ran:
+        return pub, ""
+    return None, (f"Published numbers ({pub.title}, {pub.source}) are not compared: these runs "
+                  f"are on {', '.join(ran)}, the published table on {pub.dataset}.")
+
+
+def _experiment_id(client: MlflowClient, parent_id: str) -> str:
+    return client.get_run(parent_id).info.experiment_id
+
+
 def write_report(target: str | Path, metric: str = "best_val_acc", out_dir: str | Path | None = None,
-                 tracking_uri: str | None = None, log_to_parent: bool = True) -> Report:
-    """Build the tables and plots of a sweep; write them to its directory and its parent run."""
+                 tracking_uri: str | None = None, log_to_parent: bool = True,
+                 published: str | None = None) -> Report:
+    """Build the tables and plots of a sweep; write them to its directory and its parent run.
+
+    Works at any time: during a sweep, cells not run yet are empty and running or failed ones
+    are named, so the report can be regenerated as often as wanted."""
     info, sweep_dir = resolve_target(str(target), tracking_uri)
     client = MlflowClient(tracking_uri=info["tracking_uri"])
     parent_id = info["parent_run_id"]
     try:
-        client.get_run(parent_id)
+        experiment_id = _experiment_id(client, parent_id)
     except Exception as e:
         raise ReportError(f"MLflow run {parent_id} not found at {info['tracking_uri']}: {e}") from None
     children = fetch_children(client, parent_id)
+    pub, why_not = _published_of(info, published, children)
     tables = build_tables(info, children, metric)
-    text = render(info, tables, children, metric)
+    runs = frame.fill(tables, metric, pub)
+    pairs = baselines.resolve(client, experiment_id, children, tables, metric)
+    text = render(info, tables, children, metric, pairs, pub, why_not)
     out = Path(out_dir) if out_dir else sweep_dir or Path.cwd() / f"report-{parent_id[:8]}"
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if metric == "best_val_acc" else f"-{metric}"
+    suffix = "" if metric == BEST else f"-{metric}"
     md = out / f"report{suffix}.md"
     md.write_text(text)
-    files = [md]
-    from kdsweep.report import plots as report_plots
-
-    pivots = [t for t in tables if t.kind == "pivot"]
-    if pivots:
-        files.append(report_plots.heatmap(pivots, out / f"heatmap{suffix}.png", metric))
-    elif any(t.cells for t in tables):
-        files.append(report_plots.bars(tables, out / f"bars{suffix}.png", metric))
-    curves = report_plots.curves(client, tables, out / "curves.png")
-    if curves is not None:
-        files.append(curves)
+    files = [md, *frame.write_csv(tables, runs, out, suffix), frame.write_latex(tables, out, suffix)]
+    files += _plots(client, info, tables, pairs, out, metric, suffix)
     if log_to_parent:
         for f in files:
             client.log_artifact(parent_id, str(f), "report")
     return Report(parent_id, metric, tables, children, text, out, files)
 
 
+def _plots(client: MlflowClient, info: Mapping[str, Any], tables: Sequence[Table],
+           pairs: Sequence[Any], out: Path, metric: str, suffix: str) -> list[Path]:
+    name = info.get("study_name") or info.get("parent_run_id")
+    files = []
+    pivots = [t for t in tables if t.kind == "pivot"]
+    if pivots:
+        files.append(report_plots.heatmap(pivots, out / f"heatmap{suffix}.png", metric,
+                                          f"{name}: {metric} (%), mean over seeds"))
+    elif any(t.cells for t in tables):
+        files.append(report_plots.bars(tables, out / f"bars{suffix}.png", metric,
+                                       f"{name}: {metric} (%)"))
+    curves = report_plots.curves(client, tables, out / "curves.png",
+                                 f"{name}: validation accuracy per epoch",
+                                 baselines.baseline_runs(pairs))
+    return files + ([curves] if curves is not None else [])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m kdsweep.report",
         description="Tables (Markdown), heatmap and accuracy curves of a kdsweep sweep, from MLflow.")
-    ap.add_argument("target", help="the sweep directory (multirun/<study_name>, with sweep.json) "
+    ap.add_argument("target", nargs="?", help="the sweep directory (multirun/<study_name>, with sweep.json) "
                                    "or the MLflow run id of the sweep's parent run")
     ap.add_argument("--metric", default="best_val_acc",
                     help="child-run metric in the cells (default best_val_acc; e.g. final_val_acc)")
@@ -188,12 +257,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "sqlite:///mlflow.db)")
     ap.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     ap.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
+    ap.add_argument("--published", default=None,
+                    help="compare with this published table (default: the sweep's "
+                         "hydra.sweeper.report.published); --list-published shows the ids")
+    ap.add_argument("--list-published", action="store_true", help="list the published tables")
     args = ap.parse_args(argv)
+    if args.list_published:
+        from kdsweep.report.published import table_ids
+
+        for tid in table_ids():
+            t = get_published(tid)
+            print(f"{tid}: {t.title} ({t.source})")
+        return 0
+    if not args.target:
+        ap.error("give the sweep directory or the parent run id")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         rep = write_report(args.target, args.metric, args.out, args.tracking_uri,
-                           log_to_parent=not args.no_log)
-    except ReportError as e:
+                           log_to_parent=not args.no_log, published=args.published)
+    except KDSweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(rep.markdown)

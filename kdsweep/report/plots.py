@@ -1,14 +1,25 @@
-"""The PNGs of a sweep report (matplotlib, Agg backend): heatmap, bars, accuracy curves."""
+"""The PNGs of a sweep report (matplotlib, Agg backend): heatmap, bars, accuracy curves.
+
+Every figure has a title. Curves are small multiples (one panel per table row, one line per
+column, so a 4 x 4 grid is 4 panels of 4 lines) with distinct colours, the legend outside the
+axes, each cell's mean over its seeds with a min-max band, and the student trained alone (grey,
+dashed) and the teacher (black, dotted) of the panel's pair.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kdsweep.report.tables import VAL_ACC
+
 if TYPE_CHECKING:
-    from kdsweep.report.tables import Table
+    from kdsweep.report.baselines import Baseline
+    from kdsweep.report.tables import Cell, Table
+
+MAX_PANELS = 24
 
 
 def _plt() -> Any:
@@ -20,114 +31,241 @@ def _plt() -> Any:
     return plt
 
 
-def heatmap(tables: Sequence[Table], path: Path, metric: str) -> Path:
-    """One heatmap per pivot table (rows x cols as in the Markdown), values written in the cells,
-    the best cell outlined, missing points grey."""
+def _colours(n: int) -> list[Any]:
+    plt = _plt()
+    if n <= 18:  # tab20's strong colours, then their light partners; no grey (the baselines')
+        order = [i for i in (*range(0, 20, 2), *range(1, 20, 2)) if i not in (14, 15)]
+        return [plt.get_cmap("tab20")(i) for i in order[:n]]
+    return [plt.get_cmap("turbo")(i / max(1, n - 1)) for i in range(n)]
+
+
+def _annotation(cell: Cell) -> str:
+    if not cell.n:
+        return cell.pending().replace(" (", "\n(")
+    s = f"{cell.value:.2f}"
+    if cell.std is not None:
+        s += f"\n±{cell.std:.2f}"
+    if cell.delta is not None:
+        s += f"\nΔ {cell.delta:+.2f}"
+    if cell.pending():
+        s += "\n+ " + cell.pending().split(" (")[0]
+    return s
+
+
+def heatmap(tables: Sequence[Table], path: Path, metric: str, title: str = "") -> Path:
+    """One heatmap per pivot table, values (and ± std, Δ published) in the cells, the best outlined."""
     import numpy as np
 
     plt = _plt()
     n = len(tables)
-    w = max(4.0, 1.1 * max(len(t.col_labels) for t in tables) + 2.0)
-    h = max(3.0, 0.7 * max(len(t.row_labels) for t in tables) + 1.6)
-    fig, axes = plt.subplots(1, n, figsize=(w * n, h), squeeze=False)
+    w = max(4.0, 0.9 * max(len(t.col_labels) for t in tables) + 2.5)
+    h = max(3.0, 0.55 * max(len(t.row_labels) for t in tables) + 1.8)
+    fig, axes = plt.subplots(n, 1, figsize=(w, h * n), squeeze=False)
     finite = [v for t in tables for row in t.values() for v in row if v is not None]
     vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
     if vmin == vmax:
         vmin, vmax = vmin - 0.5, vmax + 0.5
     cmap = plt.get_cmap("viridis").with_extremes(bad="#dddddd")
     im = None
-    for ax, t in zip(axes[0], tables, strict=True):
+    for ax, t in zip(axes[:, 0], tables, strict=True):
         data = np.array([[math.nan if v is None else v for v in row] for row in t.values()],
                         dtype=float)
         im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-        ax.set_xticks(range(len(t.col_labels)), t.col_labels)
+        ax.set_xticks(range(len(t.col_labels)), t.col_labels, rotation=30 if len(t.col_labels) > 6
+                      else 0, ha="right" if len(t.col_labels) > 6 else "center")
         ax.set_yticks(range(len(t.row_labels)), t.row_labels)
-        ax.set_xlabel(t.col_key or "")
-        ax.set_ylabel(t.row_key or "")
-        if t.title:
-            ax.set_title(t.title, fontsize=9)
+        ax.set_title(t.title or t.corner, fontsize=9)
+        small = 6 if len(t.col_labels) > 6 else 8
         for i, row in enumerate(t.cells):
             for j, cell in enumerate(row):
-                txt = cell.text().strip("*")
+                txt = _annotation(cell)
                 if not txt:
                     continue
                 v = data[i, j]
                 light = not math.isnan(v) and (v - vmin) / (vmax - vmin) < 0.5
-                ax.text(j, i, txt if len(txt) < 9 else txt.replace(" (", "\n("), ha="center",
-                        va="center", fontsize=8, color="white" if light else "black",
+                ax.text(j, i, txt, ha="center", va="center", fontsize=small,
+                        color="white" if light else "black",
                         fontweight="bold" if cell.best else "normal")
                 if cell.best:
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                                edgecolor="red", linewidth=2))
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), label=f"{metric} (%)")
+        fig.colorbar(im, ax=axes[:, 0].tolist(), label=f"{metric} (%)", shrink=0.8)
+    fig.suptitle(title or f"{metric} per cell (mean over seeds; Δ = measured - published)",
+                 fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def bars(tables: Sequence[Table], path: Path, metric: str) -> Path:
-    """Horizontal bars, one per row of the list tables (missing/pruned/failed rows empty)."""
+def bars(tables: Sequence[Table], path: Path, metric: str, title: str = "") -> Path:
+    """Horizontal bars, one per row of the list tables (± std; published numbers as diamonds)."""
     plt = _plt()
-    labels, values, best = [], [], []
+    labels, cells = [], []
     for t in tables:
         for lab, ex, row in zip(t.row_labels, t.extra or [[]] * len(t.row_labels), t.cells,
                                 strict=True):
-            v = row[0].value if row[0].child is not None and row[0].child.status == "FINISHED" else None
             labels.append(lab if not ex else f"{lab}: " + ", ".join(
                 f"{k}={x}" for k, x in zip(t.extra_cols, ex, strict=True)))
-            values.append(v)
-            best.append(row[0].best)
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(labels) + 1.2))
+            cells.append(row[0])
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(labels) + 1.4))
     ys = list(range(len(labels)))[::-1]
-    ax.barh(ys, [v or 0.0 for v in values],
-            color=["tab:red" if b else ("tab:blue" if v is not None else "#dddddd")
-                   for v, b in zip(values, best, strict=True)])
-    for y, v in zip(ys, values, strict=True):
-        ax.text((v or 0.0), y, f" {v:.2f}" if v is not None else " n/a", va="center", fontsize=8)
+    ax.barh(ys, [c.value or 0.0 for c in cells],
+            xerr=[c.std or 0.0 for c in cells],
+            color=["tab:red" if c.best else ("tab:blue" if c.n else "#dddddd") for c in cells])
+    pub = [(y, c.published) for y, c in zip(ys, cells, strict=True) if c.published is not None]
+    if pub:
+        ax.scatter([p for _, p in pub], [y for y, _ in pub], marker="D", color="black", zorder=3,
+                   label="published")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    shown = [c.value for c in cells if c.n] + [c.published for c in cells if c.published]
+    lo = math.floor(min(shown) - 3) if shown else 0.0   # zoomed: differences of a point show
+    hi = math.ceil(max(shown) + 1) if shown else 1.0
+    ax.set_xlim(max(0.0, lo), hi)
+    for y, c in zip(ys, cells, strict=True):
+        if c.n:
+            ax.text(c.value, y, f"{c.value:.2f} ", va="center", ha="right", fontsize=8,
+                    color="white")
+        else:
+            ax.text(max(0.0, lo), y, f" {c.pending() or 'not run'}", va="center", fontsize=8)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_xlabel(f"{metric} (%)")
+    ax.set_title(title or f"{metric} per point", fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def curves(client: Any, tables: Sequence[Table], path: Path, metric: str = "val_acc") -> Path | None:
-    """``val_acc`` per epoch of every child shown in the tables; the best one drawn thick."""
-    plt = _plt()
-    series = []
-    for t in tables:
-        for i, row in enumerate(t.cells):
-            for j, cell in enumerate(row):
-                c = cell.child
-                if c is None:
-                    continue
-                hist = sorted(client.get_metric_history(c.run_id, metric), key=lambda m: m.step)
-                if not hist:
-                    continue
-                if t.kind == "pivot":
-                    from kdsweep.report.tables import short
+class _History:
+    """Per-epoch validation accuracy of runs (``val/acc``, else ``val_acc``), fetched once each."""
 
-                    label = (f"{short(t.row_key or '')}={t.row_labels[i]}, "
-                             f"{short(t.col_key or '')}={t.col_labels[j]}")
-                else:
-                    label = t.row_labels[i]
-                series.append((label, [m.step for m in hist], [m.value for m in hist], cell,
-                               "pruned_at_epoch" in c.tags))
-    if not series:
+    def __init__(self, client: Any):
+        self.client, self.cache = client, {}
+
+    def __call__(self, run_id: str) -> list[tuple[int, float]]:
+        if run_id not in self.cache:
+            hist = []
+            for name in VAL_ACC:
+                hist = self.client.get_metric_history(run_id, name)
+                if hist:
+                    break
+            self.cache[run_id] = sorted((m.step, m.value) for m in hist)
+        return self.cache[run_id]
+
+
+def _mean_curve(hist: _History, cell: Cell) -> tuple[list[int], list[float], list[float], list[float]]:
+    by_step: dict[int, list[float]] = {}
+    for c in cell.runs:
+        for step, v in hist(c.run_id):
+            by_step.setdefault(step, []).append(v)
+    steps = sorted(by_step)
+    return (steps, [sum(by_step[s]) / len(by_step[s]) for s in steps],
+            [min(by_step[s]) for s in steps], [max(by_step[s]) for s in steps])
+
+
+def _named(key: str | None, label: str) -> str:
+    """``alpha = 0.2`` for a plain override key; pairs and point labels speak for themselves."""
+    if not key or "," in key or key in ("teacher", "student", "_label_"):
+        return label
+    return f"{key.lstrip('+~').rsplit('.', 1)[-1]} = {label}"
+
+
+def _panels(tables: Sequence[Table]) -> list[tuple[str, list[tuple[str, Cell]]]]:
+    """(panel title, [(line label, cell)]): a pivot's rows, or one panel per list table."""
+    out = []
+    for t in tables:
+        if t.kind == "pivot":
+            for lab, row in zip(t.row_labels, t.cells, strict=True):
+                name = _named(t.row_key, lab)
+                name = f"{t.title}: {name}" if t.title and len(tables) > 1 else name
+                out.append((name, [(_named(t.col_key, c), cell)
+                                   for c, cell in zip(t.col_labels, row, strict=True)]))
+        else:
+            out.append((t.title or "runs", [(lab, row[0]) for lab, row in
+                                            zip(t.row_labels, t.cells, strict=True)]))
+    return out
+
+
+def _pair_of(cells: Sequence[Cell]) -> tuple[str, str, str] | None:
+    for cell in cells:
+        for c in cell.runs:
+            t, s, d = c.tags.get("teacher"), c.tags.get("student"), c.tags.get("dataset")
+            if t and s and d and t != "none" and c.tags.get("method") != "ce":
+                return (t, s, d)
+    return None
+
+
+def curves(client: Any, tables: Sequence[Table], path: Path, title: str = "",
+           baselines: Mapping[tuple[str, str, str], tuple[Baseline, Baseline]] | None = None
+           ) -> Path | None:
+    """Validation accuracy per epoch, small multiples; None when no run has a curve yet."""
+    hist = _History(client)
+    panels = [(name, [(lab, cell) for lab, cell in lines if cell.runs])
+              for name, lines in _panels(tables)]
+    panels = [p for p in panels if p[1]][:MAX_PANELS]
+    if not panels or not any(hist(c.run_id) for _, lines in panels for _, cell in lines
+                             for c in cell.runs):
         return None
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for label, xs, ys, cell, pruned in series:
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=2.5 if cell.best else 1.0,
-                linestyle="--" if pruned else "-", label=label + (" (pruned)" if pruned else ""))
+    plt = _plt()
+    ncols = min(3, math.ceil(math.sqrt(len(panels))))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.4 * nrows), squeeze=False,
+                             sharey=True)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.grid(alpha=0.3)
-    if len(series) <= 24:
-        ax.legend(fontsize=7, ncol=2 if len(series) > 8 else 1, loc="best")
+    handles: dict[str, Any] = {}
+    names = list(dict.fromkeys(lab for _, lines in panels for lab, _ in lines))
+    colour_of = dict(zip(names, _colours(len(names)), strict=True))  # one colour per column
+    for k, (name, lines) in enumerate(panels):
+        ax = axes[k // ncols][k % ncols]
+        for lab, cell in lines:
+            colour = colour_of[lab]
+            xs, ys, lo, hi = _mean_curve(hist, cell)
+            if not xs:
+                continue
+            pruned = any("pruned_at_epoch" in c.tags for c in cell.runs)
+            line, = ax.plot(xs, ys, color=colour, linewidth=2.4 if cell.best else 1.2,
+                            linestyle="--" if pruned else "-", marker="o" if len(xs) < 15 else None,
+                            markersize=3)
+            if len(cell.runs) > 1:
+                ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
+            handles.setdefault(lab + (" (pruned)" if pruned else ""), line)
+        pair = _pair_of([c for _, c in lines])
+        shown = {c.run_id for _, cell in lines for c in cell.runs}
+        _baselines(ax, hist, (baselines or {}).get(pair), handles, shown)
+        if pair and " -> " not in name:
+            name = f"{pair[0]} -> {pair[1]}" if name == pair[1] else f"{name} ({pair[0]} -> {pair[1]})"
+        ax.set_title(name, fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("epoch")
+        if k % ncols == 0:
+            ax.set_ylabel("validation accuracy (%)")
+    for k in range(len(panels), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
+               bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False,
+               ncol=1 if len(handles) <= 24 else 2)
+    fig.suptitle(title or "Validation accuracy per epoch", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.4 * nrows)))  # room for the title
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def _baselines(ax: Any, hist: _History, pair: tuple[Baseline, Baseline] | None,
+               handles: dict[str, Any], shown: set[str]) -> None:
+    """The student alone (grey, dashed; unless it is a line of the panel already) and the
+    teacher's best accuracy (black, dotted)."""
+    if pair is None:
+        return
+    teacher, alone = pair
+    if alone is not None and alone.run_id and alone.run_id not in shown:
+        pts = hist(alone.run_id)
+        if pts:
+            line, = ax.plot([p[0] for p in pts], [p[1] for p in pts], color="0.45",
+                            linestyle="--", linewidth=1.2)
+            handles.setdefault("student alone (ce)", line)
+    if teacher is not None and teacher.best is not None:
+        line = ax.axhline(teacher.best, color="black", linestyle=":", linewidth=1.2)
+        handles.setdefault("teacher (best)", line)

@@ -1,14 +1,24 @@
-"""The tables of a sweep report: cells from child runs, in the papers' layouts (see kdsweep.report)."""
+"""The report's data model: child runs, cells (every run of one point), tables and their Markdown.
+
+A :class:`Cell` holds every MLflow run of one table position: several seeds of a point, or a failed
+attempt and its rerun. Its numbers are the mean, sample standard deviation and count of its
+FINISHED runs (computed with pandas in :mod:`kdsweep.report.frame`); unfinished runs are counted
+and named (``running``, ``failed``, ``pruned (epoch N)``), so a report made during a sweep shows
+what is done and what is not. Layouts are made in :mod:`kdsweep.report.layout`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 # Overrides the sweeper adds to every trial: never table coordinates.
 BOOKKEEPING = ("sweep.", "hydra.")
+# Per-epoch validation accuracy: the name since the MLflow-UI rename, then the one before it.
+VAL_ACC = ("val/acc", "val_acc")
+BEST, LAST = "best_val_acc", "final_val_acc"
 
 
 def format_value(value: Any) -> str:
@@ -49,6 +59,13 @@ def parse_overrides(text: str) -> dict[str, str]:
     return out
 
 
+def higher_is_better(metric: str) -> bool:
+    return not any(w in metric for w in ("loss", "gap", "time", "error"))
+
+
+_higher_is_better = higher_is_better  # the name before the split (kdsweep.report.build imports it)
+
+
 @dataclass
 class Child:
     run_id: str
@@ -60,35 +77,99 @@ class Child:
     tags: dict[str, str]
 
     def value(self, metric: str) -> float | None:
-        v = self.metrics.get(metric)
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        names = VAL_ACC if metric in VAL_ACC else (metric,)
+        for name in names:
+            v = self.metrics.get(name)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                return float(v)
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "FINISHED"
 
     def rank(self) -> tuple[int, int]:
-        """Which of several runs of one cell to show: finished first, then the newest."""
-        return (self.status == "FINISHED", self.start_time)
+        """Which of several runs of one cell stands for it: finished first, then the newest."""
+        return (self.finished, self.start_time)
+
+    def state(self) -> str:
+        """What an unfinished run is doing: ``running (last val 71.20)``, ``pruned (epoch 3)``..."""
+        if "pruned_at_epoch" in self.tags:
+            return f"pruned (epoch {self.tags['pruned_at_epoch']})"
+        if self.status == "RUNNING":
+            v = self.value("val/acc")
+            return "running" + (f" (last val {v:.2f})" if v is not None else "")
+        return {"FAILED": "failed", "KILLED": "killed", "SCHEDULED": "scheduled"}.get(
+            self.status, self.status.lower())
 
 
 @dataclass
 class Cell:
-    child: Child | None
-    value: float | None = None
+    """Every run of one table position and their statistics (set by kdsweep.report.frame)."""
+
+    runs: list[Child] = field(default_factory=list)
+    metric: str = BEST
+    value: float | None = None      # mean of ``metric`` over the finished runs
+    std: float | None = None        # sample std (n > 1)
+    n: int = 0                      # finished runs with a value
+    last: float | None = None       # mean final_val_acc (shown beside best_val_acc)
+    last_std: float | None = None
+    published: float | None = None
+    published_metric: str | None = None
+    delta: float | None = None      # mean of published_metric - published
+    gap: float | None = None        # mean train_val_gap (train - val accuracy, last epoch)
+    published_gap: float | None = None
     best: bool = False
 
-    def text(self) -> str:
-        if self.child is None:
+    @property
+    def child(self) -> Child | None:
+        """The run that stands for the cell (curves, bars): finished first, then the newest."""
+        return max(self.runs, key=Child.rank) if self.runs else None
+
+    def pending(self) -> str:
+        """The unfinished runs: ``failed``, ``2 running``, ``pruned (epoch 1)``..."""
+        by_seed: dict[str | None, list[Child]] = {}
+        for c in self.runs:  # a rerun of a failed point (same seed) supersedes the failure
+            by_seed.setdefault(c.coords.get("seed"), []).append(c)
+        rest = [max(g, key=Child.rank) for g in by_seed.values()
+                if not any(c.finished and c.value(self.metric) is not None for c in g)]
+        if not rest:
             return ""
-        if self.value is not None and self.child.status == "FINISHED":
-            s = f"{self.value:.2f}"
-            return f"**{s}**" if self.best else s
-        if "pruned_at_epoch" in self.child.tags:
-            return f"pruned (epoch {self.child.tags['pruned_at_epoch']})"
-        return {"FAILED": "failed", "RUNNING": "running", "KILLED": "killed"}.get(
-            self.child.status, self.child.status.lower())
+        if len(rest) == 1:
+            return rest[0].state()
+        counts: dict[str, int] = {}
+        for c in rest:
+            s = c.state().split(" (")[0]
+            counts[s] = counts.get(s, 0) + 1
+        return ", ".join(f"{k} {s}" for s, k in counts.items())
+
+    def text(self) -> str:
+        """``74.12 / 73.90`` (best / last), ``74.12 ± 0.20 / 73.90 ± 0.25 (n=3)``, ``failed``..."""
+        if self.n == 0:
+            return self.pending()
+        main = _pm(self.value, self.std)
+        main = f"**{main}**" if self.best else main
+        if self.metric == BEST and self.last is not None:
+            main += " / " + _pm(self.last, self.last_std)
+        if self.n > 1:
+            main += f" (n={self.n})"
+        more = self.pending()
+        return main + (f" + {more}" if more else "")
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None and not math.isnan(std) else "")
+
+
+def signed(x: float | None) -> str:
+    return "" if x is None else f"{x:+.2f}"
 
 
 @dataclass
 class Table:
-    """One Markdown table: a pivot (rows x cols) or a list (one row per label)."""
+    """One table: a pivot (rows x cols) or a list (one row per point or trial)."""
 
     kind: str                         # "pivot" or "list"
     title: str
@@ -100,153 +181,75 @@ class Table:
     corner: str = ""
     extra_cols: list[str] = field(default_factory=list)   # list tables: params shown per row
     extra: list[list[str]] = field(default_factory=list)
+    published_id: str | None = None
+    per_row: bool = False             # rows are model pairs: the best cell of each row is bold
 
     def values(self) -> list[list[float | None]]:
-        """The numbers of the table (None: missing, pruned, failed)."""
-        return [[c.value if c.child is not None and c.child.status == "FINISHED" else None
-                 for c in row] for row in self.cells]
+        """The numbers of the table (the mean of each cell; None: missing, pruned, failed)."""
+        return [[c.value if c.n else None for c in row] for row in self.cells]
+
+    def has_published(self) -> bool:
+        return any(c.published is not None for row in self.cells for c in row)
+
+    def has_gaps(self) -> bool:
+        return any(c.published_gap is not None for row in self.cells for c in row)
 
     def markdown(self, metric: str) -> str:
+        head_metric = "best / last" if metric == BEST else metric
         if self.kind == "pivot":
             head = [self.corner] + self.col_labels
-            rows = [[lab] + [c.text() for c in row] for lab, row in zip(self.row_labels, self.cells,
-                                                                        strict=True)]
+            rows = []
+            for lab, row in zip(self.row_labels, self.cells, strict=True):
+                rows.append([lab] + [c.text() for c in row])
+                if any(c.published is not None for c in row):
+                    rows.append(["↳ published"] + [_num(c.published) for c in row])
+                    rows.append(["↳ Δ"] + [signed(c.delta) for c in row])
+                if any(c.published_gap is not None for c in row):
+                    rows.append(["↳ train-val gap (published)"] + [_gap(c) for c in row])
         else:
-            head = [self.corner, *self.extra_cols, metric]
-            rows = [[lab, *ex, row[0].text()] for lab, ex, row in
-                    zip(self.row_labels, self.extra or [[]] * len(self.row_labels), self.cells,
-                        strict=True)]
+            pub, gaps = self.has_published(), self.has_gaps()
+            head = [self.corner, *self.extra_cols, head_metric] + (["published", "Δ"] if pub else [])
+            head += ["train-val gap (published)"] if gaps else []
+            rows = [[lab, *ex, row[0].text()] + ([_num(row[0].published), signed(row[0].delta)]
+                                                 if pub else []) + ([_gap(row[0])] if gaps else [])
+                    for lab, ex, row in zip(self.row_labels, self.extra or [[]] * len(self.row_labels),
+                                            self.cells, strict=True)]
         align = ["---"] + [":---:"] * (len(head) - 1)
         lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return (f"### {self.title}\n\n" if self.title else "") + "\n".join(lines)
 
 
-def _higher_is_better(metric: str) -> bool:
-    return not any(w in metric for w in ("loss", "gap", "time", "error"))
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:g}"
 
 
-def _pick(children: Sequence[Child], want: Mapping[str, str | None]) -> Child | None:
-    """The run of one cell: its coords match ``want`` (None: the key was not overridden)."""
-    match = [c for c in children
-             if all(c.coords.get(k) == v if v is not None else k not in c.coords
-                    for k, v in want.items())]
-    return max(match, key=Child.rank) if match else None
+def _gap(c: Cell) -> str:
+    """``5.10 (6)``: the measured train - val accuracy gap and the published one."""
+    if c.gap is None and c.published_gap is None:
+        return ""
+    measured = "-" if c.gap is None else f"{c.gap:.2f}"
+    return measured + ("" if c.published_gap is None else f" ({c.published_gap:g})")
 
 
-def _mark_best(tables: Sequence[Table], metric: str) -> None:
-    cells = [c for t in tables for row in t.cells for c in row
-             if c.child is not None and c.child.status == "FINISHED" and c.value is not None]
-    if cells:
-        best = (max if _higher_is_better(metric) else min)(c.value for c in cells)
-        for c in cells:
-            c.best = c.value == best
+def _alone(cell: Cell) -> bool:
+    return bool(cell.runs) and all(c.tags.get("method") == "ce" for c in cell.runs)
 
 
-def _unique(seq: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys(seq))
-
-
-def _bare(key: str | None) -> str | None:
-    return key.lstrip("+~") if key else key
-
-
-def _normalised(space: Mapping[str, Any]) -> dict[str, Any]:
-    """The sweep definition with override keys stripped of +/++/~ (as in the children's coords)."""
-    out = dict(space)
-    if space.get("points") is not None:
-        out["points"] = [{**p, "values": {_bare(k): v for k, v in p["values"].items()}}
-                         for p in space["points"]]
-    if space.get("axes") is not None:
-        out["axes"] = [[_bare(k), v] for k, v in space["axes"]]
-    if space.get("params") is not None:
-        out["params"] = {_bare(k): v for k, v in space["params"].items()}
-    return out
-
-
-def build_tables(info: Mapping[str, Any], children: Sequence[Child], metric: str) -> list[Table]:
-    """The tables of a sweep: a pivot for two swept keys, else one row per point or trial."""
-    space = _normalised(info.get("space") or {})
-    rep = info.get("report") or {}
-    rows_key, cols_key = _bare(rep.get("rows")), _bare(rep.get("cols"))
-    title = rep.get("title") or ""
-    points = space.get("points")
-    axes = space.get("axes")
-    if points is not None:
-        keys = _unique([k for p in points for k in p["values"]])
-        labelled = any(p.get("label") for p in points)
-        if not (rows_key and cols_key):
-            if axes and len(axes) >= 2:
-                rows_key, cols_key = axes[0][0], axes[1][0]
-            elif len(keys) == 2 and not labelled and all(len(p["values"]) == 2 for p in points):
-                rows_key, cols_key = keys
-        if rows_key and cols_key:
-            return _pivot_tables(points, children, metric, rows_key, cols_key, title)
-        table = Table("list", title, None, None, [], [], [],
-                      corner=rep.get("label_header") or ("point" if not labelled else ""))
-        for p in points:
-            want = {k: format_value(v) for k, v in p["values"].items()}
-            child = _pick(children, want)
-            table.row_labels.append(p.get("label") or ", ".join(f"{short(k)}={v}"
-                                                                for k, v in want.items()))
-            table.cells.append([Cell(child, child.value(metric) if child else None)])
-        _mark_best([table], metric)
-        return [table]
-    # A sampled search (TPE, random, ...) or a parent run without a sweep definition.
-    swept = list((space.get("params") or {}).keys()) or _unique(
-        [k for c in children for k in c.coords])
-    if rows_key and cols_key:
-        pts = [{"values": {k: c.coords.get(k) for k in (rows_key, cols_key)}} for c in children]
-        return _pivot_tables(pts, children, metric, rows_key, cols_key, title, raw=True)
-    hib = _higher_is_better(metric)
-
-    def order(c: Child) -> tuple[int, float]:
-        v = c.value(metric) if c.status == "FINISHED" else None
-        return (v is None, -(v or 0.0) if hib else (v or 0.0))
-
-    ordered = sorted(children, key=lambda c: (order(c), c.trial if c.trial is not None else 1 << 30))
-    table = Table("list", title, None, None, [], [], [], corner=rep.get("label_header") or "trial",
-                  extra_cols=[short(k) for k in swept])
-    for c in ordered:
-        table.row_labels.append(str(c.trial) if c.trial is not None else c.run_id[:8])
-        table.extra.append([_fmt_number(c.coords.get(k, "")) for k in swept])
-        table.cells.append([Cell(c, c.value(metric))])
-    _mark_best([table], metric)
-    return [table]
-
-
-def _fmt_number(text: str) -> str:
-    try:
-        v = float(text)
-    except ValueError:
-        return text
-    return text if len(text) <= 8 else f"{v:.4g}"
-
-
-def _pivot_tables(points: Sequence[Mapping[str, Any]], children: Sequence[Child], metric: str,
-                  rows_key: str, cols_key: str, title: str, raw: bool = False) -> list[Table]:
-    """Rows x cols tables; any other swept key gives one table per combination of its values."""
-    def fmt(v: Any) -> str:
-        return str(v) if raw else format_value(v)
-
-    row_vals = _unique([fmt(p["values"][rows_key]) for p in points if rows_key in p["values"]])
-    col_vals = _unique([fmt(p["values"][cols_key]) for p in points if cols_key in p["values"]])
-    others = _unique([k for p in points for k in p["values"] if k not in (rows_key, cols_key)])
-    groups = list(dict.fromkeys(
-        tuple((k, fmt(p["values"][k]) if k in p["values"] else None) for k in others)
-        for p in points))
-    tables = []
-    for g in groups:
-        fixed = dict(g)
-        cells = [[Cell(None) for _ in col_vals] for _ in row_vals]
-        for i, r in enumerate(row_vals):
-            for j, c in enumerate(col_vals):
-                child = _pick(children, {rows_key: r, cols_key: c, **fixed})
-                if child is not None:
-                    cells[i][j] = Cell(child, child.value(metric))
-        sub = ", ".join(f"{short(k)}={v}" for k, v in fixed.items() if v is not None)
-        tables.append(Table("pivot", " ".join(x for x in (title, f"({sub})" if sub else "") if x),
-                            rows_key, cols_key, row_vals, col_vals, cells,
-                            corner=f"{short(rows_key)} \\ {short(cols_key)}"))
-    _mark_best(tables, metric)
-    return tables
+def mark_best(tables: Sequence[Table], metric: str) -> None:
+    """Bold the best cell: per row in tables of model pairs (as the papers), else overall; a
+    student trained alone competes only when the table has no distilled cell."""
+    for t in tables:
+        for row in t.cells:
+            for c in row:
+                c.best = False
+    per_row = [[row] for t in tables if t.per_row for row in t.cells]
+    whole = [[row for t in tables if not t.per_row for row in t.cells]]
+    for group in per_row + whole:
+        cells = [c for row in group for c in row if c.n and c.value is not None]
+        if any(not _alone(c) for c in cells):
+            cells = [c for c in cells if not _alone(c)]
+        if cells:
+            best = (max if higher_is_better(metric) else min)(c.value for c in cells)
+            for c in cells:
+                c.best = c.value == best

@@ -4,7 +4,8 @@
   shape the student has is copied into it; the student's other tensors keep their fresh
   initialisation ("grow": ReduceNet's bottleneck branches) and the checkpoint's other tensors are
   dropped ("shrink"). A name with another shape, another class count, or no name in common is
-  refused with one line. The counts are logged (``init_tensors_loaded``, ``_fresh``, ``_dropped``).
+  refused with one line. The counts are logged as params ``init.tensors_loaded``, ``_fresh``,
+  ``_dropped``.
 - ``student.adapt``: ``freeze`` (module paths whose parameters are not trained, e.g. ``[fc]``),
   ``lora_rank`` (a LoRA branch beside every convolution, :mod:`kdsweep.reducenet.lora`),
   ``lambda_relu`` and ``anneal`` (VanillaNet's LambdaReLU in the branch, ReLU -> identity over
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -46,6 +48,9 @@ from kdsweep.reducenet.lora import attach_lora, fuse_lora, lora_of
 from kdsweep.run.callbacks import Checkpoints
 
 __all__ = ["adapt_conf", "check", "finish", "init_path", "load_init", "prepare"]
+
+#: What ``student.init`` loaded into each student, logged when its run finishes.
+_INIT_COUNTS: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 def init_path(value: str) -> Path:
@@ -85,12 +90,19 @@ def adapt_conf(node: Any) -> StudentAdaptConf | None:
     return conf
 
 
-def check(cfg: Mapping[str, Any]) -> None:
+def check(cfg: Mapping[str, Any], method: Any = None) -> None:
     """Refuse a bad ``student.init`` / ``student.adapt`` before any work."""
     student = cfg["student"]
     if student.get("init"):
         check_checkpoint_file(init_path(student["init"]))
     conf = adapt_conf(student.get("adapt"))
+    used = bool(student.get("init")) or (conf is not None and conf != StudentAdaptConf())
+    if used and hasattr(method, "peer_methods"):
+        raise ConfigError(f"student.init / student.adapt do not apply to method={method.name}, "
+                          "which trains several peer students; remove them")
+    if conf and conf.lora_rank and cfg["train"].get("compile"):
+        raise ConfigError("student.adapt.lora_rank needs train.compile=false: the LoRA branches "
+                          "are forward hooks that keep Python state, which compiled graphs break")
     if conf and conf.freeze:
         with torch.device("meta"):
             model = create_model(str(student["name"]), num_classes=2)
@@ -133,8 +145,8 @@ def load_init(student: nn.Module, path: Path, *, arch: str, num_classes: int) ->
     print(f"kdsweep: student {arch} initialised from {source} ({path}): {len(common)} tensors "
           f"loaded" + (f", {len(fresh)} fresh ({_patterns(fresh)})" if fresh else "")
           + (f", {len(dropped)} dropped ({_patterns(dropped)})" if dropped else ""), flush=True)
-    return {"init_tensors_loaded": len(common), "init_tensors_fresh": len(fresh),
-            "init_tensors_dropped": len(dropped)}
+    return {"init.tensors_loaded": len(common), "init.tensors_fresh": len(fresh),
+            "init.tensors_dropped": len(dropped)}
 
 
 def prepare(student: nn.Module, cfg: Mapping[str, Any], data: Any) -> dict[str, float]:
@@ -142,8 +154,8 @@ def prepare(student: nn.Module, cfg: Mapping[str, Any], data: Any) -> dict[str, 
     stats: dict[str, float] = {}
     node = cfg["student"]
     if node.get("init"):
-        stats.update(load_init(student, init_path(node["init"]), arch=str(node["name"]),
-                               num_classes=data.num_classes))
+        _INIT_COUNTS[student] = load_init(student, init_path(node["init"]),
+                                          arch=str(node["name"]), num_classes=data.num_classes)
     conf = adapt_conf(node.get("adapt"))
     if conf is None or conf == StudentAdaptConf():  # the default: nothing to do
         return stats
@@ -160,9 +172,15 @@ def prepare(student: nn.Module, cfg: Mapping[str, Any], data: Any) -> dict[str, 
 
 
 def finish(p: Any, data: Any, precision: Any, limit_val_batches: int | None) -> None:
-    """Fuse a finished student's LoRA branches; a failure fails the member (one line)."""
+    """Fuse a finished student's LoRA branches; a failure fails the member (one line). Every
+    process of a data-parallel run fuses; the one that records (``p.recorder``) saves and logs."""
     m = p.member
-    if m is None or m.status != DONE or lora_of(m.student) is None:
+    if m is None:
+        return
+    counts = _INIT_COUNTS.get(m.student)
+    if counts and p.recorder is not None:
+        p.recorder.log_params(counts)
+    if m.status != DONE or lora_of(m.student) is None:
         return
     try:
         _fuse(p, data, precision, limit_val_batches)
@@ -189,9 +207,12 @@ def _fuse(p: Any, data: Any, precision: Any, limit_val_batches: int | None) -> N
     r = m.result
     unfused_best, unfused_epoch = r.best_val_acc, r.best_epoch
     r.best_val_acc, r.best_epoch = val_acc, len(r.history) - 1
+    if p.recorder is None:  # not the recording process of a data-parallel run
+        return
     ckpt = next(cb for cb in m.callbacks if isinstance(cb, Checkpoints))
-    save_checkpoint(ckpt.best, {**ckpt.header, "model": student.state_dict(),
-                                "method": m.method.state_dict(), "epoch": len(r.history),
+    weights = m.best_weights() if hasattr(m, "best_weights") else {
+        "model": student.state_dict(), "method": m.method.state_dict()}
+    save_checkpoint(ckpt.best, {**ckpt.header, **weights, "epoch": len(r.history),
                                 "val_acc": val_acc, "fused": True})
     print(f"kdsweep: {m.name}: {convs} LoRA branches fused into their convolutions (max |logit "
           f"difference| {diff:.2e}); fused student val acc {val_acc:.2f}%", flush=True)

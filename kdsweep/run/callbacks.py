@@ -14,7 +14,7 @@ from typing import Any
 from kdsweep.engine import Callback, Member, save_checkpoint
 from kdsweep.errors import Pruned
 from kdsweep.run.resume import PRUNED_TAG
-from kdsweep.tracking import RunRecorder
+from kdsweep.tracking import CONSTANT_PER_EPOCH, RunRecorder, epoch_metric_name
 
 
 class Checkpoints(Callback):
@@ -35,23 +35,33 @@ class Checkpoints(Callback):
     def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
                      is_best: bool) -> None:
         if is_best:
-            save_checkpoint(self.best, {**self.header, "model": member.student.state_dict(),
-                                        "method": member.method.state_dict(), "epoch": epoch + 1,
+            save_checkpoint(self.best, {**self.header, **member.best_weights(), "epoch": epoch + 1,
                                         "val_acc": metrics["val_acc"]})
         done = epoch + 1
         if self.every and (done % self.every == 0 or done == self.epochs):
             save_checkpoint(self.last, {**self.header, "epoch": done, "trainer": member.state_dict()})
 
 
+def epoch_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """One epoch's values under the names MLflow groups into chart sections (``val/acc``, ...)."""
+    return {epoch_metric_name(k): v for k, v in metrics.items()
+            if k not in CONSTANT_PER_EPOCH and k != "epoch"}
+
+
 class EpochMetrics(Callback):
-    """Each epoch's metrics in the member's MLflow run, step = epoch number (from 1)."""
+    """Each epoch's metrics in the member's MLflow run, step = epoch number (from 1); values that
+    do not change per epoch (the cohort's size) once, as params."""
 
     def __init__(self, recorder: RunRecorder):
         self.recorder = recorder
+        self.constants_logged = False
 
     def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
                      is_best: bool) -> None:
-        self.recorder.log_metrics(metrics, step=epoch + 1)
+        if not self.constants_logged:
+            self.recorder.log_params({k: metrics[k] for k in CONSTANT_PER_EPOCH if k in metrics})
+            self.constants_logged = True
+        self.recorder.log_metrics(epoch_metrics(metrics), step=epoch + 1)
 
 
 class PruningReports(Callback):

@@ -40,7 +40,10 @@ def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) ->
 
 
 def _label(cfg: DictConfig) -> str | None:
-    n = cfg.get("sweep", {}).get("trial_number") if cfg.get("sweep") else None
+    sweep = cfg.get("sweep") or {}
+    if sweep.get("label"):
+        return str(sweep["label"])
+    n = sweep.get("trial_number")
     return None if n is None else f"t{int(n):02d}"
 
 

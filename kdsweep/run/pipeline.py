@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from mlflow.tracking import MlflowClient
@@ -20,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.config import validate
 from kdsweep.config.cohort import differences
-from kdsweep.data import DataBundle, build_data
+from kdsweep.data import DataBundle, build_data, derive_seed
 from kdsweep.data.build import launch_dir
 from kdsweep.engine import (
     DONE,
@@ -31,21 +33,31 @@ from kdsweep.engine import (
     budget,
     check_checkpoint_file,
     describe_device,
+    distributed,
     evaluate,
     load_checkpoint,
     resolve_device,
     resolve_precision,
     seed_everything,
 )
+from kdsweep.engine.distributed import DistEnv
 from kdsweep.engine.memory import keep_freed_memory
+from kdsweep.engine.peers import PeerGroup
 from kdsweep.errors import ConfigError
 from kdsweep.methods import create_method
 from kdsweep.models import count_macs, count_parameters, create_model
 from kdsweep.run import adapt, record
 from kdsweep.run.plan import Job, Plan, RunResult
-from kdsweep.run.resume import find_resumable, run_key
-from kdsweep.run.teachers import Teacher, load_recorded, resolve_teacher
-from kdsweep.tracking import absolute_uri, check_uri, open_store, sqlite_path
+from kdsweep.run.resume import Previous, find_resumable, run_key
+from kdsweep.run.teachers import (
+    Teacher,
+    TeacherRequirements,
+    load_recorded,
+    resolve_teacher,
+    schedule_key,
+    teacher_filters,
+)
+from kdsweep.tracking import absolute_uri, check_uri, find_best_run, open_store, sqlite_path
 from kdsweep.tracking.store import check_sqlite_file
 
 log = logging.getLogger(__name__)
@@ -66,59 +78,131 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
     plans = [_plan(job) for job in jobs]  # every value checked before any work
     check_shared(plans)
     cfg = plans[0].cfg
+    rt = _runtime(cfg)
+    if data is None:
+        data = _data(cfg, rt)
+    store = _store(cfg, plans, rt)
+    teacher = _teacher(plans, data, store, rt)
+    env = record.Env(uri=store.uri, experiment_id=store.experiment_id,
+                     device=describe_device(rt.device), precision=rt.precision.name, data=data,
+                     teacher=teacher, malloc=rt.malloc, main=rt.dist.is_main)
+    if teacher is not None:  # counted before the cohort freezes it (frozen weights are not counted)
+        teacher.model.to(rt.device)
+        env.teacher_stats = {"teacher_params": count_parameters(teacher.model),
+                             "teacher_macs": count_macs(teacher.model, data.image_size,
+                                                        device=rt.device)}
+    for p in plans:
+        p.member = _member(p, data, rt)
+    parts = _fit_in_memory(plans, data, rt.device, teacher)
+    if len(parts) > 1:  # too big for the device: train it in consecutive cohorts that fit
+        return _in_parts(plans, parts, data)
+    cohort = _cohort(plans, data, teacher, rt)
+    if teacher is not None and any(p.previous is None for p in plans):
+        env.teacher_acc = evaluate(cohort.teacher_fwd or teacher.model, data.val, rt.precision,
+                                   cfg.train.limit_val_batches)[1]
+    return _train_and_record(plans, cohort, env)
+
+
+@dataclass
+class Runtime:
+    """Where and how this process trains."""
+
+    device: torch.device
+    precision: Any
+    malloc: str
+    dist: DistEnv
+
+
+def _runtime(cfg: DictConfig) -> Runtime:
     device = resolve_device(cfg.device)
+    dist_env = distributed.from_environment(device.type)
+    if dist_env.active and device.type == "cuda":
+        device = torch.device("cuda", dist_env.local_rank)
+        torch.cuda.set_device(device)
     if cfg.get("cpu_threads"):
         # Parallel runs on one machine must share the cores: oversubscribed OpenMP threads spin
         # and were measured 7-10x slower here (docs/benchmarks.md).
         torch.set_num_threads(int(cfg.cpu_threads))
+    if cfg.train.get("sync_bn") and device.type != "cuda":
+        raise ConfigError("train.sync_bn=true needs CUDA GPUs (torch's SyncBatchNorm); on CPUs "
+                          "each process keeps its own BatchNorm statistics")
     precision = resolve_precision(cfg.precision, device)
     malloc = keep_freed_memory(device)  # CPU: glibc keeps activation buffers instead of re-faulting
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    if data is None:
-        data = build_data(cfg.dataset, batch_size=int(cfg.schedule.batch_size),
-                          eval_batch_size=int(cfg.schedule.eval_batch_size), device=device,
-                          seed=int(cfg.seed))
+    return Runtime(device, precision, malloc, dist_env)
+
+
+def _data(cfg: DictConfig, rt: Runtime) -> DataBundle:
+    """The data; in a data-parallel run each process takes its part of every global batch."""
+    per_rank = bool(cfg.train.get("batch_per_rank", False))
+    batch = int(cfg.schedule.batch_size) * (rt.dist.world if per_rank else 1)
+    data = build_data(cfg.dataset, batch_size=batch,
+                      eval_batch_size=int(cfg.schedule.eval_batch_size), device=rt.device,
+                      seed=int(cfg.seed))
+    if rt.dist.active:
+        data.train.shard(rt.dist.rank, rt.dist.world)
+    return data
+
+
+@dataclass
+class Store:
+    uri: str
+    experiment_id: str
+    client: MlflowClient
+
+
+def _store(cfg: DictConfig, plans: Sequence[Plan], rt: Runtime) -> Store:
+    """The MLflow store (opened by rank 0) and each member's run to resume, if any."""
     uri = absolute_uri(str(cfg.tracking.uri), launch_dir())
-    experiment_id = open_store(uri, str(cfg.tracking.experiment), launch_dir() / cfg.tracking.lock_dir)
+    experiment_id = None
+    if rt.dist.is_main:
+        experiment_id = open_store(uri, str(cfg.tracking.experiment),
+                                   launch_dir() / cfg.tracking.lock_dir)
+    experiment_id = distributed.broadcast(experiment_id, rt.dist)
     client = MlflowClient(tracking_uri=uri)
     if cfg.resume:
-        for p in plans:
-            p.previous = find_resumable(client, experiment_id, p.key)
-    teacher = _teacher(plans, data, client, experiment_id)
-    if teacher is not None:
-        teacher.model.to(device)
-    env = record.Env(uri=uri, experiment_id=experiment_id, device=describe_device(device),
-                     precision=precision.name, data=data, teacher=teacher, malloc=malloc)
-    if teacher is not None:  # counted before the cohort freezes it (frozen weights are not counted)
-        env.teacher_stats = {"teacher_params": count_parameters(teacher.model),
-                             "teacher_macs": count_macs(teacher.model, data.image_size, device=device)}
+        found = [find_resumable(client, experiment_id, p.key) if rt.dist.is_main else None
+                 for p in plans]
+        paths = distributed.broadcast([f.checkpoint if f else None for f in found], rt.dist)
+        for p, f, path in zip(plans, found, paths, strict=True):
+            p.previous = f if rt.dist.is_main else (Previous(None, path) if path else None)
+    return Store(uri, experiment_id, client)
+
+
+def _cohort(plans: Sequence[Plan], data: DataBundle, teacher: Teacher | None,
+            rt: Runtime) -> Cohort:
+    cfg = plans[0].cfg
+    per_rank = bool(cfg.train.get("batch_per_rank", False))
+    local_batch = int(cfg.schedule.batch_size) // (1 if per_rank else rt.dist.world)
+    return Cohort([p.member for p in plans], data, epochs=int(cfg.schedule.epochs),
+                  batch_size=max(1, local_batch), precision=rt.precision,
+                  teacher=teacher.model if teacher else None,
+                  teacher_arch=teacher.arch if teacher else None,
+                  limit_train_batches=cfg.train.limit_train_batches,
+                  limit_val_batches=cfg.train.limit_val_batches,
+                  progress=cfg.train.progress if rt.dist.is_main else False,
+                  channels_last=bool(cfg.train.channels_last),
+                  compile=bool(cfg.train.get("compile", False)), dist_env=rt.dist)
+
+
+def _in_parts(plans: Sequence[Plan], parts: list[list[Plan]], data: DataBundle) -> list[RunResult]:
+    print(f"kdsweep: {len(plans)} members do not fit in memory at once: training them as "
+          f"{len(parts)} cohorts of {', '.join(str(len(q)) for q in parts)}", flush=True)
     for p in plans:
-        p.member = _member(p, data, device)
-    parts = _fit_in_memory(plans, data, device, teacher)
-    if len(parts) > 1:  # too big for the device: train it in consecutive cohorts that fit
-        print(f"kdsweep: {len(plans)} members do not fit in memory at once: training them as "
-              f"{len(parts)} cohorts of {', '.join(str(len(q)) for q in parts)}", flush=True)
-        for p in plans:
-            p.member = None  # the parts build their own students
-        results: list[RunResult] = []
-        for part in parts:
-            results += run_cohort([q.job for q in part], data=data)
-        return results
-    cohort = Cohort([p.member for p in plans], data, epochs=int(cfg.schedule.epochs),
-                    batch_size=int(cfg.schedule.batch_size), precision=precision,
-                    teacher=teacher.model if teacher else None,
-                    teacher_arch=teacher.arch if teacher else None,
-                    limit_train_batches=cfg.train.limit_train_batches,
-                    limit_val_batches=cfg.train.limit_val_batches, progress=cfg.train.progress,
-                    channels_last=bool(cfg.train.channels_last))
-    if teacher is not None and any(p.previous is None for p in plans):
-        env.teacher_acc = evaluate(cohort.teacher_fwd or teacher.model, data.val, precision,
-                                   cfg.train.limit_val_batches)[1]
+        p.member = None  # the parts build their own students
+    results: list[RunResult] = []
+    for part in parts:
+        results += run_cohort([q.job for q in part], data=data)
+    return results
+
+
+def _train_and_record(plans: Sequence[Plan], cohort: Cohort, env: record.Env) -> list[RunResult]:
     started = time.perf_counter()
     try:
         for p in plans:
-            _resume_state(p)
-            p.recorder = record.start(p, env)
+            _resume_state(p, env.main)
+            if env.main:  # only rank 0 of a data-parallel run records
+                p.recorder = record.start(p, env)
         cohort.fit()
     except BaseException as err:
         record.abort(plans, err)
@@ -127,9 +211,10 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
         cohort.close()
     wall = time.perf_counter() - started
     for p in plans:  # student.adapt: LoRA branches fused, the fused student becomes best.pt
-        adapt.finish(p, data, precision, cfg.train.limit_val_batches)
+        adapt.finish(p, env.data, cohort.precision, p.cfg.train.limit_val_batches)
     results = [record.finish(p, env, wall) for p in plans]
-    print(record.summary(plans, env, results), flush=True)
+    if env.main:
+        print(record.summary(plans, env, results), flush=True)
     return results
 
 
@@ -140,7 +225,7 @@ def _plan(job: Job) -> Plan:
     checkpoint = job.cfg.teacher.get("checkpoint") if job.cfg.get("teacher") else None
     if method.needs_teacher and checkpoint:
         check_checkpoint_file(checkpoint)
-    adapt.check(job.cfg)  # student.init / student.adapt
+    adapt.check(job.cfg, method)  # student.init / student.adapt
     check_uri(str(job.cfg.tracking.uri))
     path = sqlite_path(str(job.cfg.tracking.uri))
     if path is not None:
@@ -161,24 +246,58 @@ def check_shared(plans: Sequence[Plan]) -> None:
                               "be equal (see kdsweep/config/cohort.py)")
 
 
-def _teacher(plans: Sequence[Plan], data: DataBundle, client: MlflowClient,
-             experiment_id: str) -> Teacher | None:
-    """The one teacher of the cohort: the one a resumed member recorded, else found or trained."""
-    if not any(p.method.needs_teacher for p in plans):
+def _teacher(plans: Sequence[Plan], data: DataBundle, store: Store, rt: Runtime) -> Teacher | None:
+    """The one teacher of the cohort: the one a resumed member recorded, else found or trained.
+
+    In a data-parallel run rank 0 decides and the others load what it chose; a teacher that has
+    to be trained first is trained by all of them together (its own data-parallel run).
+    """
+    users = [p for p in plans if p.method.needs_teacher]
+    if not users:
         return None
-    cfg = plans[0].cfg
-    for p in plans:
-        if p.previous is not None and p.previous.run.data.tags.get("teacher_source"):
-            return load_recorded(client, p.previous.run.data.tags, cfg.teacher.name, data.num_classes)
+    plans, cfg = users, users[0].cfg  # members without a teacher (ce) may have another in config
 
     def train_teacher() -> str:
         out = plans[0].job.output_dir / "teacher"
-        return run(teacher_cfg(cfg), output_dir=out, data=data, label="teacher").run_id
+        rid = run(teacher_cfg(cfg), output_dir=out, data=data, label="teacher").run_id
+        return distributed.broadcast(rid, rt.dist)
 
-    return resolve_teacher(client, arch=cfg.teacher.name, checkpoint=cfg.teacher.get("checkpoint"),
-                           dataset=data.name, num_classes=data.num_classes,
-                           experiment_id=experiment_id,
-                           lock_dir=launch_dir() / cfg.tracking.lock_dir, train=train_teacher)
+    if rt.dist.active:
+        return _teacher_distributed(plans, data, store, rt, train_teacher)
+    for p in plans:
+        if p.previous is not None and p.previous.run.data.tags.get("teacher_source"):
+            return load_recorded(store.client, p.previous.run.data.tags, cfg.teacher.name,
+                                 data.num_classes)
+    req = TeacherRequirements(schedule_key(cfg), int(cfg.schedule.epochs),
+                              cfg.teacher.get("min_val_acc"), bool(cfg.teacher.get("same_schedule")))
+    return resolve_teacher(store.client, arch=cfg.teacher.name,
+                           checkpoint=cfg.teacher.get("checkpoint"), dataset=data.name,
+                           num_classes=data.num_classes, experiment_id=store.experiment_id,
+                           lock_dir=launch_dir() / cfg.tracking.lock_dir, train=train_teacher,
+                           req=req)
+
+
+def _teacher_distributed(plans: Sequence[Plan], data: DataBundle, store: Store, rt: Runtime,
+                         train: Any) -> Teacher:
+    cfg = plans[0].cfg  # a member that needs the teacher
+    tags = None
+    if rt.dist.is_main:  # what a single process would do, short of training
+        recorded = [p.previous.run.data.tags for p in plans
+                    if p.previous is not None and p.previous.run.data.tags.get("teacher_source")]
+        if recorded:
+            tags = recorded[0]
+        elif cfg.teacher.get("checkpoint"):
+            tags = {"teacher_source": "checkpoint", "teacher_path": str(cfg.teacher.checkpoint)}
+        else:
+            found = find_best_run(store.client, store.experiment_id,
+                                  teacher_filters(cfg.teacher.name, data.name, data.num_classes),
+                                  "best_val_acc")
+            if found is not None:
+                tags = {"teacher_source": "mlflow", "teacher_run_id": found.info.run_id}
+    tags = distributed.broadcast(tags, rt.dist)
+    if tags is None:
+        tags = {"teacher_source": "trained", "teacher_run_id": train()}
+    return load_recorded(store.client, tags, cfg.teacher.name, data.num_classes)
 
 
 def teacher_cfg(cfg: DictConfig) -> DictConfig:
@@ -191,19 +310,37 @@ def teacher_cfg(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create(t)
 
 
-def _member(p: Plan, data: DataBundle, device: torch.device) -> Member:
-    """The member's student, initialised exactly as in its solo run (seeded just before)."""
-    cfg = p.cfg
+def _member(p: Plan, data: DataBundle, rt: Runtime) -> Member:
+    """The member's student, initialised exactly as in its solo run (seeded just before); a method
+    that couples peers (``peer_methods``, e.g. ModReduce) gets a :class:`PeerGroup` of students
+    created one after another from the same seed, as the published code does."""
+    cfg, device = p.cfg, rt.device
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    student = create_model(cfg.student.name, num_classes=data.num_classes,
-                           pretrained=bool(cfg.student.get("pretrained", False))).to(device)
-    p.method.to(device)
-    p.stats = {"student_params": count_parameters(student),
-               "student_macs": count_macs(student, data.image_size, device=device)}
-    p.stats.update(adapt.prepare(student, cfg, data))  # student.init / student.adapt, after counting
     schedule = OmegaConf.to_container(cfg.schedule, resolve=True)
-    return Member(record.run_name(p), student, p.method, schedule, arch=cfg.student.name,
-                  rng=RngStream(device))
+    if rt.dist.active and cfg.train.get("scale_lr") and cfg.train.get("batch_per_rank"):
+        schedule["lr"] = float(schedule["lr"]) * rt.dist.world  # linear scaling (Goyal et al.)
+    peer_methods = p.method.peer_methods() if hasattr(p.method, "peer_methods") else None
+    students = [create_model(cfg.student.name, num_classes=data.num_classes,
+                             pretrained=bool(cfg.student.get("pretrained", False))).to(device)
+                for _ in (peer_methods or [None])]
+    if rt.dist.active and cfg.train.get("sync_bn"):
+        students = [torch.nn.SyncBatchNorm.convert_sync_batchnorm(s) for s in students]
+    p.method.to(device)
+    p.stats = {"student_params": count_parameters(students[0]),
+               "student_macs": count_macs(students[0], data.image_size, device=device)}
+    p.stats.update(adapt.prepare(students[0], cfg, data))  # student.init / student.adapt
+    if peer_methods is None:
+        return Member(record.run_name(p), students[0], p.method, schedule, arch=cfg.student.name,
+                      rng=RngStream(device))
+    peers = []
+    for k, (name, student, method) in enumerate(zip(p.method.peer_names, students, peer_methods,
+                                                    strict=True)):
+        method.to(device)
+        torch.manual_seed(derive_seed(int(cfg.seed), k))  # each peer its own RNG stream
+        peers.append(Member(f"{record.run_name(p)} [{name}]", student, method, schedule,
+                            arch=cfg.student.name, rng=RngStream(device)))
+    return PeerGroup(record.run_name(p), peers, p.method, arch=cfg.student.name,
+                     rng=RngStream(device))
 
 
 def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device,
@@ -214,8 +351,9 @@ def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device
     x = next(iter(data.train))[0][:2]
     cfg = plans[0].cfg
     bs = int(cfg.schedule.batch_size)
-    needs = [budget.member_bytes(p.member.student, p.method.extra_parameters(),
-                                 str(p.cfg.schedule.optimizer), bs, p.member.student, x)
+    needs = [len(getattr(p.member, "peers", [None]))  # a PeerGroup trains several students
+             * budget.member_bytes(p.member.student, p.method.extra_parameters(),
+                                   str(p.cfg.schedule.optimizer), bs, p.member.student, x)
              for p in plans]
     fixed = budget.teacher_bytes(teacher.model, teacher.model, x, bs) if teacher else 0
     room = int(budget.available_bytes(device) * budget.SAFETY) - fixed
@@ -230,18 +368,20 @@ def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device
     return [list(plans[i:i + k]) for i in range(0, len(plans), k)]
 
 
-def _resume_state(p: Plan) -> None:
+def _resume_state(p: Plan, main: bool = True) -> None:
     """Continue a resumed member from its ``last.pt`` (exactly: weights, optimiser, RNG, history)."""
     if p.previous is None:
         return
     if p.previous.checkpoint is None:
-        print(f"kdsweep: restarting MLflow run {p.previous.run_id} from epoch 1 (its process died "
-              "before the first checkpoint)", flush=True)
+        if main:
+            print(f"kdsweep: restarting MLflow run {p.previous.run_id} from epoch 1 (its process "
+                  "died before the first checkpoint)", flush=True)
         return
     state = load_checkpoint(p.previous.checkpoint)
     p.member.load_state_dict(state["trainer"])
-    print(f"kdsweep: resuming MLflow run {p.previous.run_id} after epoch {p.member.start_epoch} "
-          f"from {p.previous.checkpoint}", flush=True)
+    if main:
+        print(f"kdsweep: resuming MLflow run {p.previous.run_id} after epoch "
+              f"{p.member.start_epoch} from {p.previous.checkpoint}", flush=True)
 
 
 __all__ = ["DONE", "PRUNED", "Job", "RunResult", "check_shared", "run", "run_cohort", "teacher_cfg"]

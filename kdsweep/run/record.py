@@ -7,6 +7,7 @@ per-epoch metrics, costs, teacher link, checkpoints and the reason it failed, if
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ from pathlib import Path
 from kdsweep import liveness
 from kdsweep.data import DataBundle
 from kdsweep.engine import DIVERGED, DONE, FAILED, PRUNED
-from kdsweep.run.callbacks import Checkpoints, EpochMetrics, PruningReports
+from kdsweep.run import artifacts
+from kdsweep.run.callbacks import Checkpoints, EpochMetrics, PruningReports, epoch_metrics
 from kdsweep.run.plan import Plan, RunResult
 from kdsweep.run.resume import OWNER_TAG, RESUME_PATH_TAG, RUN_KEY_TAG, logged_epochs
-from kdsweep.run.teachers import CHECKPOINT_ARTIFACT, Teacher
+from kdsweep.run.teachers import CHECKPOINT_ARTIFACT, SCHEDULE_TAG, Teacher, schedule_key
 from kdsweep.sweep.trial import TrialReporter, parent_tags
 from kdsweep.tracking import (
     RunRecorder,
@@ -29,6 +31,7 @@ from kdsweep.tracking import (
     ui_command,
 )
 
+log = logging.getLogger(__name__)
 STATUS = {DONE: "FINISHED", PRUNED: "KILLED", DIVERGED: "FAILED", FAILED: "FAILED"}
 
 
@@ -45,6 +48,7 @@ class Env:
     teacher_stats: dict[str, float] = field(default_factory=dict)
     teacher_acc: float | None = None
     malloc: str = ""
+    main: bool = True  # rank 0 of a data-parallel run (or the only process): it records
 
 
 def run_name(p: Plan) -> str:
@@ -53,7 +57,7 @@ def run_name(p: Plan) -> str:
         return f"teacher {cfg.student.name}"
     base = (f"{p.method.name} {cfg.teacher.name}->{cfg.student.name}" if p.method.needs_teacher
             else f"{p.method.name} {cfg.student.name}")
-    return f"{p.job.label} {base}" if p.job.label else base
+    return f"{p.job.label} ({base})" if p.job.label else base
 
 
 def _checkpoint_dir(p: Plan) -> Path:
@@ -73,7 +77,7 @@ def start(p: Plan, env: Env) -> RunRecorder:
             "method": p.method.name, "student": p.cfg.student.name,
             "teacher": env.teacher.arch if env.teacher and p.method.needs_teacher else "none",
             "device": env.device, "precision": env.precision, "malloc": env.malloc,
-            RUN_KEY_TAG: p.key,
+            RUN_KEY_TAG: p.key, SCHEDULE_TAG: schedule_key(p.cfg),
             RESUME_PATH_TAG: str(ckpt.last.resolve()), OWNER_TAG: liveness.owner_tag(),
             **parent_tags(p.cfg.get("sweep"))}
     fresh = p.previous is None or p.previous.checkpoint is None
@@ -82,11 +86,15 @@ def start(p: Plan, env: Env) -> RunRecorder:
                             description=_description(p))
     if fresh:
         _log_setup(rec, p, env)
+        artifacts.log_dataset(rec, env.data, artifacts.dataset_source(p.cfg.dataset))
     else:  # epochs saved in last.pt whose metrics never reached MLflow (killed in between)
         logged = logged_epochs(rec.client, rec.run_id)
         for h in p.member.result.history:
             if h["epoch"] + 1 not in logged:
-                rec.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h["epoch"] + 1)
+                rec.log_metrics(epoch_metrics(h), step=h["epoch"] + 1)
+    resolved = getattr(p.method, "resolved", None)  # values a method chose at build (DKD's beta)
+    if fresh and resolved:
+        rec.log_params({f"method.resolved.{k}": v for k, v in dict(resolved).items()})
     p.member.callbacks = [ckpt, EpochMetrics(rec)]
     reporter = TrialReporter.from_cfg(p.cfg.get("sweep"))
     if reporter is not None:
@@ -107,11 +115,12 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
                     "overrides": mask_text(" ".join(p.job.overrides)) or "(none)"})
     rec.set_tags({f"env.{k}": v for k, v in package_versions().items()})
     rec.log_dict(p.masked, "config.yaml")
-    rec.log_metrics({**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
-                     "method_extra_params": p.method.extra_parameters(),
-                     **({"compression_ratio": p.stats["student_params"]
-                         / env.teacher_stats["teacher_params"]}
-                        if env.teacher_stats and p.method.needs_teacher else {})})
+    costs = {**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
+             "method_extra_params": p.method.extra_parameters()}
+    if env.teacher_stats and p.method.needs_teacher:
+        costs["compression_ratio"] = round(p.stats["student_params"]
+                                           / env.teacher_stats["teacher_params"], 6)
+    rec.log_params({f"cost.{k}": int(v) if float(v).is_integer() else v for k, v in costs.items()})
     hydra_dir = p.job.output_dir / ".hydra"
     if hydra_dir.is_dir():
         rec.log_artifacts(hydra_dir, "hydra")
@@ -120,7 +129,7 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
         rec.set_tags({"teacher_source": t.source, "teacher_path": mask_url(t.path),
                       "teacher_run_id": t.run_id or ""})
         if env.teacher_acc is not None:
-            rec.log_metrics({"teacher_val_acc": env.teacher_acc})
+            rec.log_params({"teacher.val_acc": round(env.teacher_acc, 4)})
 
 
 def abort(plans: Sequence[Plan], err: BaseException) -> None:
@@ -139,15 +148,23 @@ def abort(plans: Sequence[Plan], err: BaseException) -> None:
 def finish(p: Plan, env: Env, wall: float) -> RunResult:
     """Final metrics and the best checkpoint of a finished member; status and reason otherwise."""
     m, rec = p.member, p.recorder
-    assert m is not None and rec is not None
+    assert m is not None
     r = m.result
     ckpt = _checkpoint_dir(p) / "best.pt"
+    if rec is None:  # a data-parallel process other than rank 0: rank 0 recorded the run
+        return RunResult("", m.status, r.best_val_acc, r.final_val_acc, env.teacher_acc, ckpt,
+                         m.error)
     if m.status == DONE:
         rec.log_metrics({"best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch + 1,
                          "final_val_acc": r.final_val_acc, "final_train_acc": r.final_train_acc,
                          "train_val_gap": r.train_val_gap, "wall_time_s": wall})
         if ckpt.is_file():
             rec.log_artifact(ckpt, Path(CHECKPOINT_ARTIFACT).parent.as_posix())
+            if p.cfg.tracking.get("log_model", True):
+                try:
+                    artifacts.log_best_model(rec, env.uri, ckpt, env.data)
+                except Exception as e:  # the checkpoint is logged; the model view is a bonus
+                    log.warning("could not log the MLflow model: %s: %s", type(e).__name__, e)
     elif m.error is not None and m.status != PRUNED:
         rec.set_tags({"kdsweep.error": f"{type(m.error).__name__}: {m.error}"[:5000]})
     rec.end(STATUS[m.status])
@@ -161,43 +178,47 @@ def fmt_count(n: float) -> str:
 
 
 def summary(plans: Sequence[Plan], env: Env, results: Sequence[RunResult]) -> str:
-    """What a user reads when the run ends: data, device, accuracies, costs, where to look."""
+    """What a user reads when the run ends: data, device, accuracies, costs, where to look.
+    Lines other than paths and commands fit 80 columns."""
     d, first = env.data, plans[0]
     resumed = first.member.start_epoch if first.previous and first.previous.checkpoint else 0
     what = f"cohort of {len(plans)} runs" if len(plans) > 1 else (
         "teacher run" if first.job.label == "teacher" else f"{first.method.name} run")
-    lines = [f"kdsweep: {what} finished on {d.name} ({d.num_train} train / {d.num_val} val "
-             f"images, {d.num_classes} classes) on {env.device}"
-             + (f", resumed after epoch {resumed}" if resumed else "")]
+    lines = [f"kdsweep: {what} finished on {d.name}"
+             + (f", resumed after epoch {resumed}" if resumed else ""),
+             f"  data: {d.num_train} train / {d.num_val} val images, {d.num_classes} classes; "
+             f"{env.device}"]
     t = env.teacher
     if t is not None and env.teacher_stats:
         where = {"checkpoint": mask_url(t.path), "mlflow": f"MLflow run {t.run_id}",
                  "trained": f"trained now, MLflow run {t.run_id}"}[t.source]
-        acc = f"{env.teacher_acc:6.2f}%" if env.teacher_acc is not None else "   n/a"
-        lines.append(f"  teacher {t.arch:<12} {fmt_count(env.teacher_stats['teacher_params']):>7} "
-                     f"params {fmt_count(env.teacher_stats['teacher_macs']):>8} MACs  val acc "
-                     f"{acc}  ({where})")
+        acc = f"{env.teacher_acc:.2f}%" if env.teacher_acc is not None else "n/a"
+        lines += [f"  teacher {t.arch:<14} {fmt_count(env.teacher_stats['teacher_params']):>7} "
+                  f"params {fmt_count(env.teacher_stats['teacher_macs']):>8} MACs  val {acc}",
+                  f"          from {where}"]
     for p, res in zip(plans, results, strict=True):
-        lines.append(_member_line(p, res, role="teacher" if p.job.label == "teacher" else "student"))
-    lines += [f"  MLflow: {'run ' + results[0].run_id if len(plans) == 1 else 'runs above'} in "
-              f"experiment '{first.cfg.tracking.experiment}' (id {env.experiment_id}) at "
-              f"{mask_url(env.uri)}",
-              f"  checkpoints: {_checkpoint_dir(first)}" + ("  (best.pt, last.pt)" if len(plans) == 1
-                                                             else " (and the other members')"),
+        lines += _member_lines(p, res, role="teacher" if p.job.label == "teacher" else "student")
+    lines += [f"  MLflow: {'run ' + results[0].run_id if len(plans) == 1 else 'the runs above'}, "
+              f"experiment '{first.cfg.tracking.experiment}' (id {env.experiment_id})",
+              f"          at {mask_url(env.uri)}",
+              f"  checkpoints: {_checkpoint_dir(first)}",
               f"  open the MLflow UI: {ui_command(env.uri)}",
               f"  then: {runs_link(env.experiment_id, results[0].run_id if len(plans) == 1 else None)}"]
     return "\n".join(lines)
 
 
-def _member_line(p: Plan, res: RunResult, role: str) -> str:
+def _member_lines(p: Plan, res: RunResult, role: str) -> list[str]:
     m = p.member
-    head = (f"  {role} {p.cfg.student.name:<12} {fmt_count(p.stats['student_params']):>7} params "
+    head = (f"  {role} {p.cfg.student.name:<14} {fmt_count(p.stats['student_params']):>7} params "
             f"{fmt_count(p.stats['student_macs']):>8} MACs")
+    name = f"          {m.name}" if len(res.run_id) and p.job.label else None
     if res.status != DONE:
-        return f"{head}  {res.status}: {res.error}"
+        return [head, f"          {res.status}: {res.error}"]
     r = m.result
-    return (f"{head}  val acc {r.best_val_acc:6.2f}% best (epoch {r.best_epoch + 1}), "
-            f"{r.final_val_acc:.2f}% final, train-val gap {r.train_val_gap:+.2f}")
+    peer = (f", deployed peer {m.peers[m.best_peer].name}" if hasattr(m, "peers") else "")
+    return [f"{head}  val {r.best_val_acc:.2f}%",
+            f"          best at epoch {r.best_epoch + 1}, {r.final_val_acc:.2f}% final, "
+            f"train-val gap {r.train_val_gap:+.2f}{peer}", *([name] if name else [])]
 
 
 __all__ = ["Env", "abort", "finish", "run_name", "start", "summary"]

@@ -82,5 +82,8 @@ def find_resumable(client: MlflowClient, experiment_id: str, key: str) -> Previo
     return None
 
 
-def logged_epochs(client: MlflowClient, run_id: str, metric: str = "val_acc") -> set[int]:
-    return {m.step for m in retry(client.get_metric_history, run_id, metric)}
+def logged_epochs(client: MlflowClient, run_id: str) -> set[int]:
+    """The epochs whose validation accuracy reached MLflow (``val/acc``; ``val_acc`` before the
+    metrics had prefixes)."""
+    return {m.step for key in ("val/acc", "val_acc")
+            for m in retry(client.get_metric_history, run_id, key)}

@@ -57,7 +57,7 @@ from kdsweep.tracking import RunRecorder, absolute_uri, open_store, retry
 STAGES = ("small", "grow", "shrink")
 STAGE_TAG, PARENT_TAG = "reducenet.stage", "reducenet.parent"
 CKPT_DIR = Path(".kdsweep") / "reducenet"  # relative to the launch directory
-SMALL = {20: "resnet20", 56: "resnet56"}
+SMALL = {8: "resnet8", 20: "resnet20", 56: "resnet56"}  # 8: the tiny variant (smoke, tests)
 
 
 @dataclass
@@ -104,23 +104,36 @@ def reducenet_conf(node: Any) -> ReduceNetConf:
     return c
 
 
-def resolve_net(cfg: DictConfig) -> Net:
-    """Which ReduceNet the config asks for; refuses settings the stages would silently override."""
+def _typed(overrides: Sequence[str], key: str) -> bool:
+    """Whether the command line sets ``key`` (or a key below it)."""
+    return any(o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] in (key, f"{key}.name")
+               for o in overrides)
+
+
+def resolve_net(cfg: DictConfig, overrides: Sequence[str] = ()) -> Net:
+    """Which ReduceNet the config asks for; refuses settings the stages would silently override.
+
+    A ``teacher`` typed on the command line is refused; one set by a preset or overlay
+    (``debug=smoke`` sets resnet14) is replaced by stage 2's network, with a note."""
     conf = reducenet_conf(cfg.reducenet)
     name = str(cfg.student.name)
     m = re.fullmatch(r"(?:reduce|resnet)(\d+)", name)
     if m is None or int(m.group(1)) not in SMALL:
         e = re.fullmatch(r"reduce(\d+)_e(\d+)", name)
         hint = (f"use student=reduce{e.group(1)} reducenet.expansion={e.group(2)}" if e else
-                "valid: reduce20, reduce56 (or their small networks resnet20, resnet56)")
+                "valid: reduce20, reduce56 (or their small networks resnet20, resnet56); "
+                "reduce8/resnet8 for smoke runs")
         raise ConfigError(f"experiment=reducenet: student={name} is not a ReduceNet; {hint}")
     depth = int(m.group(1))
     net = Net(depth, teacher_name(depth, conf.expansion), SMALL[depth], conf)
     t = cfg.get("teacher")
     if t is not None and not OmegaConf.is_missing(t, "name") and t.name != net.teacher:
-        raise ConfigError(f"experiment=reducenet: the teacher is stage 2's network, {net.teacher} "
-                          f"(student={name}, reducenet.expansion={conf.expansion}); remove "
-                          f"teacher={t.name}")
+        if _typed(overrides, "teacher"):
+            raise ConfigError(f"experiment=reducenet: the teacher is stage 2's network, "
+                              f"{net.teacher} (student={name}, reducenet.expansion="
+                              f"{conf.expansion}); remove teacher={t.name}")
+        print(f"kdsweep: experiment=reducenet: teacher {t.name} (set by a preset or overlay) is "
+              f"replaced by stage 2's network, {net.teacher}", flush=True)
     if t is not None and t.get("checkpoint"):
         raise ConfigError("experiment=reducenet trains its teacher in stage 2; remove "
                           "teacher.checkpoint")
@@ -167,9 +180,9 @@ def _key(cfg: DictConfig, out: Path) -> str:
     return _plan(Job(cfg, out)).key  # the pipeline's own check and identity of a run
 
 
-def check(cfg: DictConfig) -> Net:
+def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> Net:
     """Every stage's values checked before any work (nothing is written)."""
-    net = resolve_net(cfg)
+    net = resolve_net(cfg, overrides)
     for stage in STAGES:
         _plan(Job(stage_config(cfg, net, stage), Path(".")))
     return net
@@ -260,7 +273,7 @@ class Driver:
                 tags["mlflow.runName"] = (f"reducenet {STAGES.index(s.name) + 1}/3 {s.name}: "
                                           f"{t.get('method')} {arch}")
             RunRecorder(self.client, s.run_id).set_tags(tags)
-        m = {k: r.data.metrics for k, r in runs.items()}
+        m = {k: _numbers(r) for k, r in runs.items()}
         if "grow" in m and "shrink" in m:
             t, st = m["grow"], m["shrink"]
             RunRecorder(self.client, ids["shrink"]).log_metrics({
@@ -275,9 +288,16 @@ class Driver:
         return _table(stages, net, runs)
 
 
+def _numbers(r: Any) -> dict[str, float]:
+    """A run's metrics and its costs (params ``cost.*``; metrics in runs recorded before that)."""
+    costs = {k.removeprefix("cost."): float(v) for k, v in r.data.params.items()
+             if k.startswith("cost.")}
+    return {**costs, **r.data.metrics}
+
+
 def _table(stages: Sequence[Stage], net: Net, runs: dict[str, Any]) -> str:
     """Per stage: network, parameters, MACs, accuracy; the student against its teacher."""
-    m = {k: r.data.metrics for k, r in runs.items()}
+    m = {k: _numbers(r) for k, r in runs.items()}
     lines = [f"kdsweep: ReduceNet-{net.depth} (expansion {net.conf.expansion}): teacher "
              f"{net.teacher}, student {net.student} (its subnetwork)"]
     for i, name in enumerate(STAGES):
@@ -327,7 +347,7 @@ def run_reducenet(cfg: DictConfig, *, output_dir: str | Path, overrides: Sequenc
                   label: str | None = None, data: DataBundle | None = None) -> RunResult:
     """The three stages of ``cfg``; returns stage 3's result (its fused student's accuracy).
     ``data``: the data set built for ``cfg.schedule``'s batch sizes (as :func:`run` takes it)."""
-    net = check(cfg)
+    net = check(cfg, overrides)
     out = Path(output_dir)
     d = Driver(cfg, data)
     stages = _teacher_stages(d, cfg, net, out, overrides)
@@ -342,7 +362,7 @@ def run_reducenet(cfg: DictConfig, *, output_dir: str | Path, overrides: Sequenc
 def run_reducenet_cohort(jobs: Sequence[Job]) -> list[RunResult]:
     """A fused sweep job of ReduceNet trials: stages 1-2 found or trained once, then every
     trial's stage 3 in cohorts of the trials that share a teacher (usually all of them)."""
-    nets = [check(j.cfg) for j in jobs]
+    nets = [check(j.cfg, j.overrides) for j in jobs]
     d = Driver(jobs[0].cfg)
     shrinks, teachers = [], []
     for j, net in zip(jobs, nets, strict=True):

@@ -10,16 +10,20 @@ their own; the lookup is repeated after the lock is taken.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 from torch import nn
 
 from kdsweep.engine import load_checkpoint, load_model_weights
@@ -74,9 +78,52 @@ def load_recorded(client: MlflowClient, tags: dict[str, str], arch: str, num_cla
     raise CheckpointError(f"the run to resume recorded no usable teacher (teacher_source={source!r})")
 
 
+@dataclass(frozen=True)
+class TeacherRequirements:
+    """What a teacher found in MLflow must satisfy (``teacher.min_val_acc``,
+    ``teacher.same_schedule``), and the run's own schedule to compare it with."""
+
+    schedule_key: str
+    epochs: int
+    min_val_acc: float | None = None
+    same_schedule: bool = False
+
+    def filters(self) -> list[str]:
+        out = []
+        if self.min_val_acc is not None:
+            out.append(f"metrics.best_val_acc >= {float(self.min_val_acc)}")
+        if self.same_schedule:
+            out.append(f"tags.`{SCHEDULE_TAG}` = '{self.schedule_key}'")
+        return out
+
+
+SCHEDULE_TAG = "kdsweep.schedule_key"  # hash of a run's schedule config (teacher matching)
+
+
+def schedule_key(cfg: Any) -> str:
+    """A hash of the schedule (and seed): equal for runs trained on the same recipe."""
+    blob = json.dumps({"schedule": OmegaConf.to_container(cfg.schedule, resolve=True),
+                       "dataset": cfg.dataset.name}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _warn_if_short(run: Any, req: TeacherRequirements) -> None:
+    """Say so loudly when the teacher found was trained much shorter than this run trains."""
+    try:
+        epochs = int(run.data.params.get("schedule.epochs", "0"))
+    except ValueError:
+        return
+    if epochs and epochs * 2 <= req.epochs:
+        acc = run.data.metrics.get("best_val_acc", float("nan"))
+        print(f"kdsweep: WARNING: the teacher found in MLflow (run {run.info.run_id}, "
+              f"{acc:.2f}% val acc) was trained for {epochs} epochs, this run trains for "
+              f"{req.epochs}; pass teacher.same_schedule=true (train one on this schedule), "
+              "teacher.min_val_acc=ACC, or teacher.checkpoint=PATH", flush=True)
+
+
 def resolve_teacher(client: MlflowClient, *, arch: str, checkpoint: str | None, dataset: str,
                     num_classes: int, experiment_id: str, lock_dir: Path,
-                    train: Callable[[], str]) -> Teacher:
+                    train: Callable[[], str], req: TeacherRequirements | None = None) -> Teacher:
     """Return the teacher model (on the CPU, weights loaded); ``train()`` trains one and returns
     its MLflow run id, and is called only when no checkpoint and no finished run exist."""
     if checkpoint:
@@ -86,19 +133,23 @@ def resolve_teacher(client: MlflowClient, *, arch: str, checkpoint: str | None, 
         return Teacher(model, arch, "checkpoint", path)
 
     filters = teacher_filters(arch, dataset, num_classes)
-    run = find_best_run(client, experiment_id, filters, "best_val_acc")
+    extra = req.filters() if req else []
+    run = find_best_run(client, experiment_id, filters, "best_val_acc", extra)
     if run is None:
         lock_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_dir / f"teacher-{dataset}-{arch}-{num_classes}.lock"))
-        with lock:
-            run = find_best_run(client, experiment_id, filters, "best_val_acc")  # another process may have won
+        with lock:  # another process may have trained it meanwhile
+            run = find_best_run(client, experiment_id, filters, "best_val_acc", extra)
             if run is None:
-                print(f"kdsweep: no finished 'ce' run of teacher {arch} on {dataset} in MLflow: "
-                      f"training one first (its own MLflow run)", flush=True)
+                what = " that meets teacher.min_val_acc/same_schedule" if extra else ""
+                print(f"kdsweep: no finished 'ce' run of teacher {arch} on {dataset}{what} in "
+                      f"MLflow: training one first (its own MLflow run)", flush=True)
                 run_id = train()
                 teacher = _from_run(client, run_id, arch, num_classes)
                 teacher.source = "trained"
                 return teacher
     acc = run.data.metrics.get("best_val_acc")
     log.info("teacher %s: MLflow run %s (best val acc %s)", arch, run.info.run_id, acc)
+    if req is not None:
+        _warn_if_short(run, req)
     return _from_run(client, run.info.run_id, arch, num_classes)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdsweep.config.cohort import cohort_key
+from kdsweep.config.cohort import cohort_key, needs_teacher
 from kdsweep.sweep.space import format_value
 from kdsweep.sweep.storage import TrialRef
 from kdsweep.tracking import mask_tree
@@ -46,11 +46,20 @@ class JobContext:
     sweep_dir: Path
 
 
+def trial_label(t: TrialRef) -> str:
+    """What a trial varies, for its run name: ``t05 alpha=0.4 T=4`` (or ``t05 <point label>``)."""
+    if t.label:
+        return f"t{t.number:02d} {t.label}"
+    varied = " ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in t.params.items())
+    return f"t{t.number:02d} {varied}".strip()
+
+
 def trial_overrides(t: TrialRef, ctx: JobContext) -> list[str]:
     """The overrides of a job that runs trial ``t`` alone."""
     pre = ctx.prefix
     ov = [*ctx.fixed, *t.overrides, f"{pre}parent_run_id={ctx.parent_run_id}",
-          f"{pre}study_name={format_value(ctx.study_name)}", f"{pre}trial_number={t.number}"]
+          f"{pre}study_name={format_value(ctx.study_name)}", f"{pre}trial_number={t.number}",
+          f"{pre}label={format_value(trial_label(t))}"]
     if ctx.add_threads and not any(o.split("=", 1)[0].lstrip("+") == "cpu_threads" for o in ov):
         # Parallel jobs share the cores: oversubscribed OpenMP threads were measured 12x slower
         # in total here (docs/benchmarks.md).
@@ -64,14 +73,21 @@ def plan_jobs(trials: Sequence[TrialRef], fuse: int, ctx: JobContext,
     if fuse <= 1 or len(trials) <= 1 or compose is None:
         return [JobSpec([*trial_overrides(t, ctx), f"hydra.sweep.subdir={t.number}"], [t])
                 for t in trials]
-    groups: dict[str, list[tuple[TrialRef, Mapping[str, Any]]]] = {}
+    # Grouped by what members share; a member without a teacher (ce) joins a group of the same
+    # data stream whatever its teacher.
+    groups: dict[str, dict[str, list[tuple[TrialRef, Mapping[str, Any]]]]] = {}
     for t in trials:
         cfg = compose(trial_overrides(t, ctx))
-        groups.setdefault(cohort_key(cfg), []).append((t, cfg))
+        teacher = cohort_key(cfg) if needs_teacher(cfg) else ""
+        groups.setdefault(cohort_key(cfg, teacher=False), {}).setdefault(teacher, []).append((t, cfg))
     jobs: list[JobSpec] = []
-    for members in groups.values():
-        for i in range(0, len(members), fuse):
-            jobs.append(_fused_job(members[i:i + fuse], ctx))
+    for by_teacher in groups.values():
+        free = by_teacher.pop("", [])
+        lists = list(by_teacher.values()) or [[]]
+        lists[0] = free + lists[0]
+        for members in lists:
+            for i in range(0, len(members), fuse):
+                jobs.append(_fused_job(members[i:i + fuse], ctx))
     return jobs
 
 
@@ -82,7 +98,7 @@ def _fused_job(members: Sequence[tuple[TrialRef, Mapping[str, Any]]], ctx: JobCo
     folder = ctx.sweep_dir / "fused"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"job-{first.number}.json"
-    spec = {"members": [{"number": t.number, "label": t.label, "overrides": t.overrides,
+    spec = {"members": [{"number": t.number, "label": trial_label(t), "overrides": t.overrides,
                          "config": mask_tree({k: v for k, v in cfg.items() if k != "hydra"})}
                         for t, cfg in members]}
     tmp = path.with_suffix(".json.tmp")

@@ -7,6 +7,7 @@ trials run in this very process and start their own runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -114,6 +115,13 @@ class ParentRun:
             [self.experiment_id],
             f"tags.`mlflow.parentRunId` = '{self.run_id}' and tags.`optuna.trial` = '{number}'",
             order_by=["attributes.start_time DESC"])
+
+    def link_trial(self, storage: Any, trial_id: int, number: int) -> None:
+        """The trial's MLflow run id as a trial attribute (optuna-dashboard shows it)."""
+        with contextlib.suppress(Exception):
+            children = self.child_of_trial(number)
+            if children:
+                storage.set_trial_user_attr(trial_id, "mlflow_run_id", children[0].info.run_id)
 
     def record_failure(self, number: int, study: str, reason: str, overrides: list[str]) -> None:
         """Mark a failed trial's child run FAILED with the reason; create it if the trial failed

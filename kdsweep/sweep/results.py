@@ -88,8 +88,10 @@ def parent_params(s: Any, space: Any, study_name: str) -> dict[str, str]:
               if k != "_target_"})
     p.update({f"sweep.pruner.{k}": str(v) for k, v in s.pruner.items()
               if k != "_target_"})
-    for k, d in space.describe()["params"].items():
-        p[f"sweep.space.{k}"] = json.dumps(d, default=str)
+    # Numbered, not named after the swept key: a search for "method.alpha" in the UI finds the
+    # trials' own params, never the sweep's description of them.
+    for i, (k, d) in enumerate(space.describe()["params"].items(), 1):
+        p[f"sweep.axis{i}"] = f"{k}: {json.dumps(d, default=str)}"
     if space.points is not None and s.points is not None:
         p["sweep.points"] = json.dumps([{"label": pt.label, **pt.values}
                                         for pt in space.points], default=str)

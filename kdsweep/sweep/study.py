@@ -371,6 +371,7 @@ class Sweep:
             reason = err if isinstance(err, str) else f"{type(err).__name__}: {err}"
         elif isinstance(result, Mapping) and "pruned" in result:
             log.info("trial %d pruned at epoch %s", t.number, result["pruned"])
+            self.parent.link_trial(self.storage, t.trial_id, t.number)
             self._finish(t, TrialState.PRUNED)
             return 0
         elif isinstance(result, Mapping) and "error" in result:
@@ -381,6 +382,7 @@ class Sweep:
             except (TypeError, ValueError):
                 value = math.nan
             if math.isfinite(value):
+                self.parent.link_trial(self.storage, t.trial_id, t.number)
                 self._finish(t, TrialState.COMPLETE, value=value)
                 return 0
             reason = f"the run returned {result!r}, not a number"

@@ -20,12 +20,13 @@ STORAGE_ENV = "KDSWEEP_STUDY_STORAGE"
 
 
 def parent_tags(sweep: Mapping[str, Any] | None) -> dict[str, str]:
-    """MLflow tags that make this run a child of the sweep's parent run, plus the Optuna trial."""
-    if not sweep:
-        return {}
+    """MLflow tags that make this run a child of the sweep's parent run, plus the Optuna trial
+    (the parent of a sweep of Hydra's own sweepers comes from the environment)."""
+    sweep = sweep or {}
     tags: dict[str, str] = {}
-    if sweep.get("parent_run_id"):
-        tags["mlflow.parentRunId"] = str(sweep["parent_run_id"])
+    parent = sweep.get("parent_run_id") or os.environ.get("KDSWEEP_PARENT_RUN_ID")
+    if parent:
+        tags["mlflow.parentRunId"] = str(parent)
     if sweep.get("study_name"):
         tags["optuna.study"] = str(sweep["study_name"])
     if sweep.get("trial_number") is not None:

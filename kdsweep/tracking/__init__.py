@@ -6,7 +6,13 @@
 - :mod:`~kdsweep.tracking.secrets`: URL masking; :mod:`~kdsweep.tracking.retries`: the one retry helper.
 """
 
-from kdsweep.tracking.params import canonical, flatten, package_versions
+from kdsweep.tracking.params import (
+    CONSTANT_PER_EPOCH,
+    canonical,
+    epoch_metric_name,
+    flatten,
+    package_versions,
+)
 from kdsweep.tracking.recorder import RunRecorder, find_best_run
 from kdsweep.tracking.retries import retry
 from kdsweep.tracking.secrets import mask_files, mask_text, mask_tree, mask_url
@@ -20,6 +26,8 @@ from kdsweep.tracking.store import (
 )
 
 __all__ = [
+    "CONSTANT_PER_EPOCH",
+    "epoch_metric_name",
     "RunRecorder",
     "absolute_uri",
     "canonical",

@@ -58,3 +58,26 @@ def package_versions() -> dict[str, str]:
     versions["torch"] = torch.__version__
     versions["cuda"] = str(torch.version.cuda)
     return versions
+
+
+#: Per-epoch metric names as MLflow shows them: grouped by prefix, each group one chart section.
+_PREFIXED = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss",
+             "val_acc": "val/acc", "lr": "opt/lr", "images_per_s": "perf/images_per_s",
+             "epoch_time_s": "perf/epoch_time_s"}
+
+
+def epoch_metric_name(key: str) -> str:
+    """``val_acc`` -> ``val/acc``, ``loss_kd`` -> ``train/loss_kd``, ``val_acc_rel`` ->
+    ``val/acc_rel``: the name a per-epoch value is logged under."""
+    if key in _PREFIXED:
+        return _PREFIXED[key]
+    if key.startswith("loss_"):
+        return f"train/{key}"
+    for head in ("train_", "val_"):
+        if key.startswith(head):
+            return f"{head[:-1]}/{key[len(head):]}"
+    return f"other/{key}"
+
+
+#: Per-epoch values that are the same every epoch: logged once, as params.
+CONSTANT_PER_EPOCH = ("cohort_size",)

@@ -100,9 +100,10 @@ def _yaml(obj: Any) -> str:
 
 
 def find_best_run(client: MlflowClient, experiment_id: str, filters: Mapping[str, str],
-                  metric: str) -> MlflowRun | None:
-    """The finished run whose tags equal ``filters`` with the highest ``metric``, or None."""
-    clauses = [f"tags.`{k}` = '{v}'" for k, v in filters.items()]
+                  metric: str, extra: list[str] | None = None) -> MlflowRun | None:
+    """The finished run whose tags equal ``filters`` (and that meets the ``extra`` filter
+    clauses) with the highest ``metric``, or None."""
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in filters.items()] + list(extra or [])
     clauses.append("attributes.status = 'FINISHED'")
     runs = retry(client.search_runs, [experiment_id], " and ".join(clauses),
                  order_by=[f"metrics.`{metric}` DESC"], max_results=1)

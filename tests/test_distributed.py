@@ -1,0 +1,72 @@
+"""Data-parallel runs (torchrun): two CPU processes with gloo reach what one process reaches with
+the same global batch, within BatchNorm's per-process statistics; only rank 0 records."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from kdsweep.data import build_data
+from kdsweep.engine import load_checkpoint, save_checkpoint
+from kdsweep.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["method=kd", "teacher=resnet14", "student=resnet8", "schedule.epochs=2",
+        "train.limit_train_batches=3", "train.limit_val_batches=1", "schedule.eval_batch_size=200",
+        "train.progress=false", "cpu_threads=1", "precision=fp32"]
+
+
+def test_shards_of_a_batch_are_the_batch():
+    """Each process gets a contiguous part of every global batch: same order, same crops."""
+    cfg = {"name": "embedded"}
+    whole = build_data(cfg, batch_size=64, eval_batch_size=100)
+    parts = [build_data(cfg, batch_size=64, eval_batch_size=100) for _ in range(2)]
+    for r, d in enumerate(parts):
+        d.train.shard(r, 2)
+    for loader in (whole.train, *(d.train for d in parts)):
+        loader.set_epoch(3)
+    (xw, yw, iw), = [b for _, b in zip(range(1), whole.train, strict=False)]
+    halves = [next(iter(d.train)) for d in parts]
+    assert torch.equal(torch.cat([h[0] for h in halves]), xw)
+    assert torch.equal(torch.cat([h[2] for h in halves]), iw)
+    assert len(parts[0].train) == len(whole.train)
+
+
+def run(tmp_path: Path, name: str, launcher: list[str]) -> tuple[MlflowClient, list]:
+    uri = f"sqlite:///{tmp_path / name}.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([*launcher, str(ROOT / "run.py"), *ARGS, f"teacher.checkpoint={tmp_path}/t.pt",
+                        f"tracking.uri={uri}", f"hydra.run.dir={tmp_path}/{name}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    client = MlflowClient(uri)
+    return client, [r for r in client.search_runs(["1"]) if r.data.tags.get("method") == "kd"]
+
+
+def losses(client: MlflowClient, run) -> list[float]:
+    hist = client.get_metric_history(run.info.run_id, "train/loss")
+    return [m.value for m in sorted(hist, key=lambda m: m.step)]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "t.pt", {"arch": "resnet14", "num_classes": 10,
+                                        "model": create_model("resnet14", num_classes=10).state_dict()})
+    c1, single = run(tmp_path, "single", [sys.executable])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    c2, ddp = run(tmp_path, "ddp", torchrun)
+    assert len(single) == 1 and len(ddp) == 1, "rank 1 must not record a run"
+    a, b = losses(c1, single[0]), losses(c2, ddp[0])
+    assert len(a) == len(b) == 2
+    assert a == pytest.approx(b, rel=0.02)  # BatchNorm sees 32 images per process, not 64
+    wa = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")["trainer"]["model"]
+    wb = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["trainer"]["model"]
+    diff = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa if wa[k].is_floating_point()) ** 0.5
+    norm = sum(float(wa[k].norm() ** 2) for k in wa if wa[k].is_floating_point()) ** 0.5
+    assert diff / norm < 0.02
