@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import asdict
 
@@ -267,6 +268,23 @@ def test_presets_compose_and_debug_smoke_runs_reducenet8(compose, capsys, preset
     net = stages.check(compose([f"experiment={preset}", "debug=smoke"]))
     assert (net.teacher, net.student) == ("reduce8", "resnet8")
     assert "teacher resnet14 (set by a preset or overlay) is replaced" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method=modreduce", "student.adapt.lora_rank=2"], "do not apply to method=modreduce"),
+    (["train.compile=true", "student.adapt.lora_rank=2"], "needs train.compile=false"),
+    (["student.adapt.lora_rank=2", "student.adapt.anneal=2"], "student.adapt.anneal=2"),
+    (["student.adapt.lambda_relu=true"], "needs LoRA branches"),
+    (["student.adapt.freeze=[classifier]"], "resnet8 has no module 'classifier'"),
+    (["student.init=missing.pt"], "does not exist"),
+])
+def test_student_adapt_is_checked_before_any_work(compose, mlflow_uri, tmp_path, overrides, message):
+    from kdsweep.errors import KDSweepError
+    from kdsweep.run import run
+
+    with pytest.raises(KDSweepError, match=re.escape(message)):
+        run(compose(["method=ce", *TINY, *overrides]), output_dir=tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("override,message", [
