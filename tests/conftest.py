@@ -10,6 +10,13 @@ import pytest
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("KDSWEEP_LOG_MODEL", "false")  # seconds per run; tests/test_run.py checks it
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One OpenMP thread per pytest-xdist worker (and per process it starts): workers x threads
+    # must not exceed the cores, or spin-waiting OpenMP threads slow everything ~10x.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10-jpg"

@@ -31,4 +31,4 @@ def test_method_short_run_logs_its_loss_terms(method, compose, mlflow_uri, tmp_p
     assert r.info.status == "FINISHED" and r.data.tags["method"] == cfg.method.name
     terms = [k for k in r.data.metrics if k.startswith("train/loss_")]
     assert terms, f"{method} logged no loss terms"
-    assert "method_extra_params" in r.data.metrics
+    assert "cost.method_extra_params" in r.data.params
