@@ -116,7 +116,7 @@ def kdsweep_path(teacher_arch: str, student_arch: str, batch: int, steps: int, t
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    hist = sorted(client.get_metric_history(res.run_id, "images_per_s"), key=lambda m: m.step)
+    hist = sorted(client.get_metric_history(res.run_id, "perf/images_per_s"), key=lambda m: m.step)
     return hist[-1].value, res.final_val_acc, client.get_run(res.run_id).data.tags["precision"]
 
 

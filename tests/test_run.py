@@ -141,6 +141,9 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     combos = sorted((r.data.params["method.alpha"], r.data.params["method.T"]) for r in kd_runs)
     assert combos == [("0.2", "2"), ("0.2", "4"), ("0.8", "2"), ("0.8", "4")]
     assert all(r.info.status == "FINISHED" for r in kd_runs)
+    # which preset of each group composed the run (schedule=quick's node says name: cosine)
+    assert {(r.data.tags["preset.schedule"], r.data.tags["preset.method"]) for r in kd_runs} == {
+        ("quick", "kd")}
     assert len(list((tmp_path / "multirun").glob("*/*/*/checkpoints/best.pt"))) == 4
     # Hydra's basic sweeper gets a parent run, sweep.json and the report too (a Hydra callback)
     (parent,) = runs_of(filter_string="tags.`kdsweep.role` = 'sweep'")

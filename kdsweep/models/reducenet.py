@@ -78,17 +78,8 @@ class ReduceNet(CifarResNet):
         self.expansion = int(expansion)  # read by _make_layer during CifarResNet.__init__
         super().__init__(depth, num_filters, num_classes=num_classes)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-        layers = [ReduceBlock(self.inplanes, planes, stride, downsample, self.expansion)]
-        self.inplanes = planes
-        layers += [ReduceBlock(planes, planes, expansion=self.expansion) for _ in range(1, blocks)]
-        return nn.Sequential(*layers)
+    def block(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None) -> nn.Module:
+        return ReduceBlock(inplanes, planes, stride, downsample, self.expansion)
 
 
 def teacher_name(depth: int, expansion: int) -> str:

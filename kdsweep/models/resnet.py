@@ -85,10 +85,14 @@ class CifarResNet(nn.Module):
                 nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        layers = [self.block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes
-        layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+        layers += [self.block(planes, planes, 1, None) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
+
+    def block(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None) -> nn.Module:
+        """One residual block of a stage (a subclass may build another kind, same layout)."""
+        return BasicBlock(inplanes, planes, stride, downsample)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -9,8 +9,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from kdsweep.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def typed_node(node: Any, schema: type[C], key: str) -> C:
+    """``node`` (a mapping) as ``schema``, refusing an undeclared key in one line naming it."""
+    node = dict(node or {})
+    declared = {f.name for f in fields(schema)}
+    unknown = sorted(set(node) - declared)
+    if unknown:
+        raise ConfigError(f"{key} has no option {unknown[0]!r}; valid: " + ", ".join(sorted(declared)))
+    return schema(**node)
 
 
 @dataclass

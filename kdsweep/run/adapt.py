@@ -24,7 +24,6 @@ import math
 import re
 import weakref
 from collections.abc import Mapping
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from kdsweep.engine import (
 from kdsweep.engine.checkpoint import FORMAT
 from kdsweep.errors import CheckpointError, ConfigError, KDSweepError
 from kdsweep.models import count_macs, count_parameters, create_model, resolve_module
-from kdsweep.reducenet.conf import StudentAdaptConf
+from kdsweep.reducenet.conf import StudentAdaptConf, typed_node
 from kdsweep.reducenet.lora import attach_lora, fuse_lora, lora_of
 from kdsweep.run.callbacks import Checkpoints
 
@@ -63,13 +62,7 @@ def adapt_conf(node: Any) -> StudentAdaptConf | None:
     """``student.adapt`` checked and typed (one line per bad value), or None."""
     if node is None:
         return None
-    node = dict(node)
-    declared = {f.name for f in fields(StudentAdaptConf)}
-    unknown = sorted(set(node) - declared)
-    if unknown:
-        raise ConfigError(f"student.adapt has no option {unknown[0]!r}; valid: "
-                          + ", ".join(sorted(declared)))
-    conf = StudentAdaptConf(**node)
+    conf = typed_node(node, StudentAdaptConf, "student.adapt")
     conf.freeze = [str(p) for p in (conf.freeze or [])]
     rank = conf.lora_rank
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank <= 4096:

@@ -123,6 +123,7 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
     rec.log_params({f"cost.{k}": int(v) if float(v).is_integer() else v for k, v in costs.items()})
     hydra_dir = p.job.output_dir / ".hydra"
     if hydra_dir.is_dir():
+        rec.set_tags(preset_tags(hydra_dir))
         rec.log_artifacts(hydra_dir, "hydra")
     t = env.teacher
     if t is not None and p.method.needs_teacher:
@@ -130,6 +131,20 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
                       "teacher_run_id": t.run_id or ""})
         if env.teacher_acc is not None:
             rec.log_params({"teacher.val_acc": round(env.teacher_acc, 4)})
+
+
+def preset_tags(hydra_dir: Path) -> dict[str, str]:
+    """``preset.<group>`` tags: which option of each config group the run was composed from
+    (Hydra's ``runtime.choices``), e.g. ``preset.schedule=quick``, whose node only says
+    ``name: cosine``. Empty when the job was not launched by Hydra."""
+    from omegaconf import OmegaConf
+
+    try:
+        choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+    except Exception:  # no hydra.yaml (a fused member's own directory), or not Hydra's layout
+        return {}
+    return {f"preset.{group}": str(value) for group, value in choices.items()
+            if value is not None and not str(group).startswith("hydra")}
 
 
 def abort(plans: Sequence[Plan], err: BaseException) -> None:

@@ -45,7 +45,7 @@ from kdsweep.engine.optim import ScheduleConf
 from kdsweep.errors import ConfigError
 from kdsweep.models import get_spec, list_models
 from kdsweep.models.reducenet import EXPANSIONS, teacher_name
-from kdsweep.reducenet.conf import ReduceNetConf, StudentAdaptConf
+from kdsweep.reducenet.conf import ReduceNetConf, StudentAdaptConf, typed_node
 from kdsweep.run.adapt import adapt_conf
 from kdsweep.run.pipeline import _plan, run, run_cohort
 from kdsweep.run.plan import Job, RunResult
@@ -78,13 +78,7 @@ class Stage:
 
 def reducenet_conf(node: Any) -> ReduceNetConf:
     """``reducenet`` checked and typed, one line per bad value."""
-    node = dict(node or {})
-    declared = {f.name for f in fields(ReduceNetConf)}
-    unknown = sorted(set(node) - declared)
-    if unknown:
-        raise ConfigError(f"reducenet has no option {unknown[0]!r}; valid: "
-                          + ", ".join(sorted(declared)))
-    c = ReduceNetConf(**node)
+    c = typed_node(node, ReduceNetConf, "reducenet")
     if c.expansion not in EXPANSIONS:
         raise ConfigError(f"reducenet.expansion={c.expansion!r} is not available; valid: "
                           + ", ".join(map(str, EXPANSIONS)))
