@@ -75,7 +75,7 @@ class ReduceNet(CifarResNet):
 
     def __init__(self, depth: int, num_filters: list[int], num_classes: int = 10,
                  expansion: int = 1):
-        self.expansion = int(expansion)  # read by _make_layer during CifarResNet.__init__
+        self.expansion = int(expansion)  # read by block() during CifarResNet.__init__
         super().__init__(depth, num_filters, num_classes=num_classes)
 
     def block(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None) -> nn.Module:
