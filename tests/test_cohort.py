@@ -119,3 +119,9 @@ def test_a_cohort_too_big_for_memory_is_refused_or_split(compose, teacher, tmp_p
     results = run_cohort(jobs)
     assert [r.status for r in results] == ["done"] * 5
     assert "do not fit in memory at once" in capsys.readouterr().out
+
+
+def test_a_job_takes_its_output_dir_as_a_str_too(compose):
+    """``run(output_dir=...)`` and ``Job`` accept a str or a Path alike (the Python API)."""
+    job = Job(compose([]), "out/trial")
+    assert isinstance(job.output_dir, Path) and job.output_dir / "checkpoints" == Path("out/trial/checkpoints")

@@ -67,7 +67,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
         data: DataBundle | None = None, label: str | None = None) -> RunResult:
     """Train or distil one student as configured; raises the member's error if it did not finish
     (:class:`~kdsweep.errors.TrainingDiverged`, :class:`~kdsweep.errors.Pruned`, ...)."""
-    [result] = run_cohort([Job(cfg, Path(output_dir), list(overrides or []), label)], data=data)
+    [result] = run_cohort([Job(cfg, output_dir, list(overrides or []), label)], data=data)
     if result.error is not None:
         raise result.error
     return result

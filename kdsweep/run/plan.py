@@ -23,6 +23,9 @@ class Job:
     overrides: list[str] = field(default_factory=list)
     label: str | None = None  # what this trial varies, for its run name (sweeps)
 
+    def __post_init__(self) -> None:
+        self.output_dir = Path(self.output_dir)  # ``run(output_dir=...)`` takes a str as well
+
 
 @dataclass
 class RunResult:
