@@ -134,14 +134,19 @@ def _runtime(cfg: DictConfig) -> Runtime:
 
 def _data(cfg: DictConfig, rt: Runtime) -> DataBundle:
     """The data; in a data-parallel run each process takes its part of every global batch."""
-    per_rank = bool(cfg.train.get("batch_per_rank", False))
-    batch = int(cfg.schedule.batch_size) * (rt.dist.world if per_rank else 1)
-    data = build_data(cfg.dataset, batch_size=batch,
+    data = build_data(cfg.dataset, batch_size=_global_batch(cfg, rt),
                       eval_batch_size=int(cfg.schedule.eval_batch_size), device=rt.device,
                       seed=int(cfg.seed))
     if rt.dist.active:
         data.train.shard(rt.dist.rank, rt.dist.world)
     return data
+
+
+def _global_batch(cfg: DictConfig, rt: Runtime) -> int:
+    """Images per step over all processes: ``schedule.batch_size``, or that many per process with
+    ``train.batch_per_rank`` (each process trains on its 1/world part of it)."""
+    per_rank = bool(cfg.train.get("batch_per_rank", False))
+    return int(cfg.schedule.batch_size) * (rt.dist.world if per_rank else 1)
 
 
 @dataclass
@@ -172,10 +177,9 @@ def _store(cfg: DictConfig, plans: Sequence[Plan], rt: Runtime) -> Store:
 def _cohort(plans: Sequence[Plan], data: DataBundle, teacher: Teacher | None,
             rt: Runtime) -> Cohort:
     cfg = plans[0].cfg
-    per_rank = bool(cfg.train.get("batch_per_rank", False))
-    local_batch = int(cfg.schedule.batch_size) // (1 if per_rank else rt.dist.world)
     return Cohort([p.member for p in plans], data, epochs=int(cfg.schedule.epochs),
-                  batch_size=max(1, local_batch), precision=rt.precision,
+                  batch_size=max(1, _global_batch(cfg, rt) // rt.dist.world),
+                  precision=rt.precision,
                   teacher=teacher.model if teacher else None,
                   teacher_arch=teacher.arch if teacher else None,
                   limit_train_batches=cfg.train.limit_train_batches,
