@@ -70,3 +70,15 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     diff = sum(float((wa[k] - wb[k]).norm() ** 2) for k in wa if wa[k].is_floating_point()) ** 0.5
     norm = sum(float(wa[k].norm() ** 2) for k in wa if wa[k].is_floating_point()) ** 0.5
     assert diff / norm < 0.02
+
+
+@pytest.mark.parametrize("per_rank,global_batch", [(False, 64), (True, 128)])
+def test_global_batch_with_and_without_batch_per_rank(compose, per_rank, global_batch):
+    """schedule.batch_size is the global batch; with train.batch_per_rank each of the 2 processes
+    takes that many, so the loader's (global) batch doubles; a process always gets 1/world of it."""
+    from kdsweep.engine.distributed import DistEnv
+    from kdsweep.run.pipeline import Runtime, _global_batch
+
+    cfg = compose(["schedule.batch_size=64", f"train.batch_per_rank={str(per_rank).lower()}"])
+    rt = Runtime(torch.device("cpu"), None, "", DistEnv(rank=1, world=2))
+    assert _global_batch(cfg, rt) == global_batch
