@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "KDSWEEP_PARENT_RUN_ID"
 
 
+def _sweep_dir(config: DictConfig) -> Path:
+    """``hydra.sweep.dir``, relative paths taken from the launch directory."""
+    from kdsweep.data.build import launch_dir
+
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    return sweep_dir if sweep_dir.is_absolute() else launch_dir() / sweep_dir
+
+
 def _ours(config: DictConfig) -> bool:
     return "kdsweep_optuna" in str(config.hydra.sweeper.get("_target_", ""))
 
@@ -43,8 +51,7 @@ class SweepRecord(Callback):
         uri = absolute_uri(str(config.tracking.uri), launch_dir())
         experiment_id = open_store(uri, str(config.tracking.experiment),
                                    launch_dir() / str(config.tracking.lock_dir))
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        sweep_dir = sweep_dir if sweep_dir.is_absolute() else launch_dir() / sweep_dir
+        sweep_dir = _sweep_dir(config)
         run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
                                            tags={"kdsweep.role": "sweep",
                                                  "kdsweep.study": sweep_dir.name})
@@ -70,10 +77,8 @@ class SweepRecord(Callback):
         uri, run_id = self.parent
         os.environ.pop(PARENT_ENV, None)
         MlflowClient(uri).set_terminated(run_id, "FINISHED")
-        sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            rep = write_report(sweep_dir if sweep_dir.is_absolute() else Path.cwd() / sweep_dir,
-                               log_to_parent=True)
+            rep = write_report(_sweep_dir(config), log_to_parent=True)
             print(rep.markdown, flush=True)
             print(f"  report: {rep.markdown_path}", flush=True)
         except Exception as e:  # a report problem must not fail the sweep
