@@ -1,6 +1,7 @@
 """Fused sweep trials vs the same trials one after another, side by side in one run.
 
     python benchmarks/bench_fused.py [--steps 4] [--epochs 2] [--methods kd at] [--device cpu]
+                                     [--variants sequential fused horizontal]
 
 For each method: a 16-trial alpha x T grid (alpha 0.2..0.8 x T 2..16, as PkuDavidGuan/Distillation's
 grid search) of wrn_28_4 -> wrn_16_2 at batch 128 on the embedded set (``--steps`` batches per
@@ -9,6 +10,10 @@ fused cohort of 16 through the same pipeline. Both include everything a trial co
 records, checkpoints, validation); the teacher is a checkpoint (random weights: timing only).
 Prints wall times and the ratio fused / sequential, and checks that every fused member's final
 validation accuracy equals its sequential twin's (bit-identical on the CPU in fp32).
+
+``horizontal`` adds (c): the fused cohort with ``train.horizontal=true``, the students stepped as one
+vmapped model (kdsweep/engine/horizontal.py); its members equal the others within fp32 rounding, so
+the script prints the largest difference of final validation accuracy instead of checking bits.
 
 On a GPU: ``--device cuda --precision bf16`` (equivalence is then checked within noise, not bits).
 """
@@ -45,6 +50,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--trials", type=int, default=16, help="first N points of the 4x4 grid")
+    ap.add_argument("--variants", nargs="+", default=["sequential", "fused"],
+                    choices=["sequential", "fused", "horizontal"],
+                    help="what to time (horizontal: fused with train.horizontal=true)")
     args = ap.parse_args()
 
     import torch
@@ -73,22 +81,34 @@ def main() -> int:
         knobs = ["method.kd_weight={a}", "method.T={t}"] if method != "kd" else \
             ["method.alpha={a}", "method.T={t}"]
 
-        def cfgs(uri: str, knobs=knobs, base=base):
-            return [compose([*base, f"tracking.uri={uri}",
+        def cfgs(uri: str, extra: list[str], knobs=knobs, base=base):
+            return [compose([*base, *extra, f"tracking.uri={uri}",
                              *(k.format(a=a, t=t) for k in knobs)]) for a, t in grid]
 
-        seq_cfgs = cfgs(f"sqlite:///{work / (method + '-seq.db')}")
-        start = time.perf_counter()
-        seq = [run(c, output_dir=work / f"{method}-seq{i}") for i, c in enumerate(seq_cfgs)]
-        t_seq = time.perf_counter() - start
-        fused_cfgs = cfgs(f"sqlite:///{work / (method + '-fused.db')}")
-        start = time.perf_counter()
-        fused = run_cohort([Job(c, work / f"{method}-fused{i}") for i, c in enumerate(fused_cfgs)])
-        t_fused = time.perf_counter() - start
-        same = all(a.final_val_acc == b.final_val_acc for a, b in zip(seq, fused, strict=True))
-        print(f"{method}: sequential {t_seq:7.1f} s   fused {t_fused:7.1f} s   ratio "
-              f"{t_fused / t_seq:.3f}   ({t_seq / t_fused:.2f}x faster)   members equal to their "
-              f"sequential runs: {same}", flush=True)
+        times, results = {}, {}
+        for variant in args.variants:
+            uri = f"sqlite:///{work / f'{method}-{variant}.db'}"
+            extra = ["train.horizontal=true"] if variant == "horizontal" else []
+            start = time.perf_counter()
+            if variant == "sequential":
+                results[variant] = [run(c, output_dir=work / f"{method}-seq{i}")
+                                    for i, c in enumerate(cfgs(uri, extra))]
+            else:
+                results[variant] = run_cohort([Job(c, work / f"{method}-{variant}{i}")
+                                               for i, c in enumerate(cfgs(uri, extra))])
+            times[variant] = time.perf_counter() - start
+            print(f"{method}: {variant:10s} {times[variant]:7.1f} s", flush=True)
+        first = args.variants[0]
+        for variant in args.variants[1:]:
+            pairs = list(zip(results[first], results[variant], strict=True))
+            if variant == "horizontal" or first == "horizontal":
+                worst = max(abs(a.final_val_acc - b.final_val_acc) for a, b in pairs)
+                same = f"largest |final val acc difference| {worst:.2f} points"
+            else:
+                same = "members equal bit for bit: " + str(
+                    all(a.final_val_acc == b.final_val_acc for a, b in pairs))
+            print(f"{method}: {variant} / {first} = {times[variant] / times[first]:.3f} "
+                  f"({times[first] / times[variant]:.2f}x faster); {same}", flush=True)
     return 0
 
 

@@ -66,3 +66,18 @@ def teacher(tmp_path: Path) -> str:
     save_checkpoint(path, {"arch": "resnet8", "num_classes": 10,
                            "model": create_model("resnet8", num_classes=10).state_dict()})
     return str(path)
+
+
+@pytest.fixture
+def resnet14_teacher(tmp_path: Path) -> str:
+    """A resnet14 teacher checkpoint (random weights, seed 1): cohorts of resnet8 students."""
+    import torch
+
+    from kdsweep.engine import save_checkpoint
+    from kdsweep.models import create_model
+
+    torch.manual_seed(1)
+    path = tmp_path / "resnet14.pt"
+    save_checkpoint(path, {"arch": "resnet14", "num_classes": 10,
+                           "model": create_model("resnet14", num_classes=10).state_dict()})
+    return str(path)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kdsweep.engine import load_checkpoint, save_checkpoint
+from kdsweep.engine import load_checkpoint
 from kdsweep.models import create_model
 from kdsweep.run import Job, run, run_cohort
 
@@ -23,15 +23,6 @@ MEMBERS = [
 KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "opt/lr")
 
 
-@pytest.fixture
-def teacher(tmp_path: Path) -> str:
-    torch.manual_seed(1)
-    path = tmp_path / "teacher.pt"
-    save_checkpoint(path, {"arch": "resnet14", "num_classes": 10,
-                           "model": create_model("resnet14", num_classes=10).state_dict()})
-    return str(path)
-
-
 def history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
     metrics = client.get_run(run_id).data.metrics
     keys = [k for k in metrics if k in KEYS or k.startswith("train/loss_")]
@@ -43,8 +34,8 @@ def weights(result) -> dict[str, torch.Tensor]:
     return load_checkpoint(result.checkpoint.parent / "last.pt")["trainer"]["model"]
 
 
-def test_members_match_their_solo_runs_bit_for_bit(compose, teacher, tmp_path, monkeypatch):
-    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={teacher}"]
+def test_members_match_their_solo_runs_bit_for_bit(compose, resnet14_teacher, tmp_path, monkeypatch):
+    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}"]
     cfgs = [compose([*base, *m]) for m in MEMBERS]
     monkeypatch.chdir(tmp_path)
     solo_uri = f"sqlite:///{tmp_path / 'solo.db'}"
@@ -69,10 +60,10 @@ def test_members_match_their_solo_runs_bit_for_bit(compose, teacher, tmp_path, m
     assert sizes == {str(len(MEMBERS))}
 
 
-def test_a_diverging_member_leaves_and_the_others_finish(compose, teacher, tmp_path, monkeypatch):
+def test_a_diverging_member_leaves_and_the_others_finish(compose, resnet14_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={teacher}",
+    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}",
             f"tracking.uri={uri}"]
     jobs = [Job(compose([*base, "method=kd"]), tmp_path / "a"),
             Job(compose([*base, "method=kd", "schedule.lr=1e30", "schedule.warmup_epochs=0"]),
@@ -99,14 +90,14 @@ def test_memory_estimate_scales_with_the_batch():
 
 
 @pytest.mark.parametrize("policy", ["refuse", "split"])
-def test_a_cohort_too_big_for_memory_is_refused_or_split(compose, teacher, tmp_path, monkeypatch,
+def test_a_cohort_too_big_for_memory_is_refused_or_split(compose, resnet14_teacher, tmp_path, monkeypatch,
                                                          policy, capsys):
     from kdsweep.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KDSWEEP_MEMORY_LIMIT", "180M")  # two resnet8 members (50 MiB each)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={teacher}",
+    base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}",
             f"tracking.uri={uri}", f"train.fuse_memory={policy}", "train.limit_train_batches=1",
             "schedule.epochs=1"]
     jobs = [Job(compose([*base, f"method.alpha={a}"]), tmp_path / str(i))

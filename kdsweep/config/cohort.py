@@ -17,7 +17,8 @@ from typing import Any
 #: Dotted config keys (a whole subtree where the key is a node) members of a cohort share.
 SHARED_KEYS = ("dataset", "teacher", "schedule.batch_size", "schedule.epochs", "seed",
                "deterministic", "device", "precision", "cpu_threads", "train.limit_train_batches",
-               "train.channels_last", "train.progress", "train.compile", "train.fuse_memory",
+               "train.channels_last", "train.progress", "train.compile", "train.horizontal",
+               "train.fuse_memory",
                "train.batch_per_rank", "train.scale_lr", "train.sync_bn",
                "tracking", "resume", "method.teacher_bn")
 

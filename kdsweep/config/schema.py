@@ -49,6 +49,8 @@ class TrainConf:
     progress: bool | None = None    # null: a progress bar on a terminal, quiet otherwise
     compile: bool = False           # torch.compile the models (logit-only forwards; measured in
                                     # docs/benchmarks.md: off by default where it does not pay)
+    horizontal: bool = False        # members of one architecture step as one vmapped model (HFTA;
+                                    # kdsweep/engine/horizontal.py): for GPUs, slower on a CPU
     batch_per_rank: bool = False    # torchrun: schedule.batch_size per process (else the global batch)
     scale_lr: bool = False          # ... and then the LR times the number of processes (Goyal et al.)
     sync_bn: bool = False           # torchrun on GPUs: BatchNorm statistics over the global batch

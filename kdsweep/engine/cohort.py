@@ -33,6 +33,7 @@ from kdsweep.engine.distributed import (
     sync_parameters,
 )
 from kdsweep.engine.forward import Forward, limited
+from kdsweep.engine.horizontal import StackedGroup, stack
 from kdsweep.engine.member import ACTIVE, DIVERGED, DONE, FAILED, PRUNED, Member, StepContext
 from kdsweep.errors import KDSweepError, Pruned
 from kdsweep.methods import BuildContext
@@ -48,7 +49,7 @@ class Cohort:
                  precision: Precision, teacher: torch.nn.Module | None = None,
                  teacher_arch: str | None = None, limit_train_batches: int | None = None,
                  limit_val_batches: int | None = None, progress: bool | None = None,
-                 channels_last: bool = False, compile: bool = False,
+                 channels_last: bool = False, compile: bool = False, horizontal: bool = False,
                  dist_env: DistEnv = SINGLE):
         if not members:
             raise ValueError("a cohort needs at least one member")
@@ -73,6 +74,8 @@ class Cohort:
         for m in self.members:
             m.attach(channels_last, compile)
         self._build()
+        # train.horizontal: members of one architecture step as one vmapped model (GPUs)
+        self.units: list[Any] = stack(self.members) if horizontal else list(self.members)
 
     @property
     def device(self) -> torch.device:
@@ -159,8 +162,11 @@ class Cohort:
             if not live:
                 break
             t_out = self._teacher_out(x, live)
-            for m in live:
-                m.train_step(x, y, idx, t_out, epoch, self.step)
+            for unit in self.units:
+                if isinstance(unit, StackedGroup):
+                    unit.train_step(x, y, idx, t_out, epoch, self.step, among=live)
+                elif unit in live:
+                    unit.train_step(x, y, idx, t_out, epoch, self.step)
             seen += y.numel()
             bar.update(1)
             last = i + 1 == self.steps_per_epoch

@@ -141,6 +141,17 @@ def diverged(epoch: int, step: int, terms: dict[str, Tensor] | None) -> Training
                             "the step was not applied; lower schedule.lr or the method's weights")
 
 
+@dataclass
+class Pending:
+    """One member's loss of one step, computed and not yet applied."""
+
+    loss: Tensor
+    logits: Tensor
+    y: Tensor
+    terms: dict[str, Tensor]
+    bad: Tensor
+
+
 class Callback:
     """Per-epoch behaviour of a member (checkpoints, tracking, pruning reports), called by the
     cohort after the member's epoch is validated and recorded in ``member.result``.
@@ -228,31 +239,51 @@ class Member:
         stops); on a GPU the fused optimiser skips it on the device and :meth:`check_finite`
         stops the member at the next check.
         """
-        info = StepInfo(epoch=epoch, step=self.global_step, epochs=step.epochs,
-                        steps_per_epoch=step.steps_per_epoch, indices=idx)
         with self.rng.active():
             with step.precision.autocast():
                 s_out = self.forward(x)
-                terms = self.method(s_out, t_out if self.method.needs_teacher else None, y, info)
-            loss = sum(terms.values())
-            bad = any_true(~torch.isfinite(loss.detach()), step.dist)
-            if step.sync_every == 1 and bool(bad):
-                self.stop(DIVERGED, diverged(epoch, self.global_step, terms))
+            pending = self.losses(s_out, y, idx, t_out, epoch, step)
+            if pending is None:
                 return
-            self.apply(loss, bad, step)
-        self.sums.add(loss, s_out.logits, y, terms, bad, self.global_step)
-        self.global_step += 1
+            self.apply(pending.loss, pending.bad, step)
+        self.finish(pending)
+
+    def losses(self, s_out: ModelOutput, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
+               epoch: int, step: StepContext) -> Pending | None:
+        """The method's loss terms on this member's forward output ``s_out`` (call it in this
+        member's RNG stream); None when the loss is non-finite on the CPU (the member stops)."""
+        info = StepInfo(epoch=epoch, step=self.global_step, epochs=step.epochs,
+                        steps_per_epoch=step.steps_per_epoch, indices=idx)
+        with step.precision.autocast():
+            terms = self.method(s_out, t_out if self.method.needs_teacher else None, y, info)
+        loss = sum(terms.values())
+        bad = any_true(~torch.isfinite(loss.detach()), step.dist)
+        if step.sync_every == 1 and bool(bad):
+            self.stop(DIVERGED, diverged(epoch, self.global_step, terms))
+            return None
+        return Pending(loss, s_out.logits, y, terms, bad)
 
     def apply(self, loss: Tensor, bad: Tensor, step: StepContext) -> None:
         """Backward and one step of the optimiser and the LR schedule."""
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.step_optimizer(bad, step)
+
+    def step_optimizer(self, bad: Tensor, step: StepContext) -> None:
+        """After backward: average the gradients over processes, then one step of the optimiser
+        and of the LR schedule."""
         average_gradients((p for g in self.optimizer.param_groups for p in g["params"]), step.dist)
         if step.sync_every > 1:
             self.optimizer.found_inf = bad.float()  # the fused optimiser skips a bad step
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+
+    def finish(self, pending: Pending) -> None:
+        """Count a taken step in the epoch's sums."""
+        self.sums.add(pending.loss, pending.logits, pending.y, pending.terms, pending.bad,
+                      self.global_step)
+        self.global_step += 1
 
     def check_finite(self, epoch: int) -> None:
         first = self.sums.first_bad if self.sums is not None else None

@@ -186,7 +186,8 @@ def _cohort(plans: Sequence[Plan], data: DataBundle, teacher: Teacher | None,
                   limit_val_batches=cfg.train.limit_val_batches,
                   progress=cfg.train.progress if rt.dist.is_main else False,
                   channels_last=bool(cfg.train.channels_last),
-                  compile=bool(cfg.train.get("compile", False)), dist_env=rt.dist)
+                  compile=bool(cfg.train.get("compile", False)),
+                  horizontal=bool(cfg.train.get("horizontal", False)), dist_env=rt.dist)
 
 
 def _in_parts(plans: Sequence[Plan], parts: list[list[Plan]], data: DataBundle) -> list[RunResult]:
