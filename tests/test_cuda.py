@@ -5,7 +5,8 @@
 - the default job (``python run.py``) picks the GPU by itself (``device=auto``) with bf16 autocast
   where the GPU supports it, and is tracked like any run;
 - a fused cohort on the GPU gives each member what its solo run gives, within noise (bf16 and
-  cuDNN's kernel choice make GPU runs equal within tolerance, not bit for bit);
+  cuDNN's kernel choice make GPU runs equal within tolerance, not bit for bit), with the members
+  stepped one by one and stacked (``train.horizontal=true``);
 - bf16 and fp32 both learn, to accuracies within noise of each other;
 - a torchrun DDP run with NCCL on two GPUs records one run (skipped with fewer GPUs).
 
@@ -24,8 +25,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from kdsweep.engine import DONE, save_checkpoint
-from kdsweep.models import create_model
+from kdsweep.engine import DONE
 from kdsweep.run import Job, run, run_cohort
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -43,15 +43,6 @@ def _env(uri: str) -> dict[str, str]:
     return {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
-@pytest.fixture
-def teacher(tmp_path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "resnet14.pt"
-    save_checkpoint(path, {"arch": "resnet14", "num_classes": 10,
-                           "model": create_model("resnet14", num_classes=10).state_dict()})
-    return path
-
-
 def test_default_job_runs_on_the_gpu(tmp_path, mlflow_uri):
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "schedule.epochs=2",
                         "train.progress=false"], cwd=tmp_path, env=_env(mlflow_uri),
@@ -66,12 +57,16 @@ def test_default_job_runs_on_the_gpu(tmp_path, mlflow_uri):
         assert r.data.metrics["best_val_acc"] > 15.0  # learned: chance is 10 %
 
 
-def test_fused_members_match_their_solo_runs_on_the_gpu(compose, mlflow_uri, tmp_path, teacher):
+@pytest.mark.parametrize("horizontal", [False, True])
+def test_fused_members_match_their_solo_runs_on_the_gpu(compose, mlflow_uri, tmp_path,
+                                                        resnet14_teacher, horizontal):
     alphas = (0.2, 0.9)
-    cfgs = [compose(["method=kd", "teacher=resnet14", f"teacher.checkpoint={teacher}",
+    cfgs = [compose(["method=kd", "teacher=resnet14", f"teacher.checkpoint={resnet14_teacher}",
                      "student=resnet8", "device=cuda", f"method.alpha={a}", *SHORT])
             for a in alphas]
     solo = [run(c, output_dir=tmp_path / f"solo{i}") for i, c in enumerate(cfgs)]
+    for c in cfgs:
+        c.train.horizontal = horizontal
     fused = run_cohort([Job(c, tmp_path / f"fused{i}") for i, c in enumerate(cfgs)])
     client = MlflowClient(mlflow_uri)
     for s, f in zip(solo, fused, strict=True):
@@ -98,9 +93,9 @@ def test_bf16_and_fp32_both_learn_within_noise(compose, mlflow_uri, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
-def test_ddp_with_nccl_records_one_run(tmp_path, mlflow_uri, teacher):
+def test_ddp_with_nccl_records_one_run(tmp_path, mlflow_uri, resnet14_teacher):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "run.py"), "method=kd", "teacher=resnet14", f"teacher.checkpoint={teacher}",
+           str(ROOT / "run.py"), "method=kd", "teacher=resnet14", f"teacher.checkpoint={resnet14_teacher}",
            "student=resnet8", *SHORT, f"hydra.run.dir={tmp_path / 'ddp'}"]
     p = subprocess.run(cmd, cwd=tmp_path, env=_env(mlflow_uri), capture_output=True, text=True,
                        timeout=900)
