@@ -20,9 +20,10 @@ BatchNorm's running statistics are updated in the stacked buffers and copied bac
 Which members are stacked: plain members (not ModReduce's peer groups) whose methods read logits
 only (feature taps are forward hooks, which cannot hand tensors out of ``vmap``), whose students
 have the same architecture (the same parameter and buffer names, shapes and dtypes) and no
-forward hooks (``student.adapt``'s LoRA branches), and draw no random numbers in their forward
-pass (``vmap`` runs with ``randomness="error"``: a student with dropout, which would need its own
-RNG stream to stay reproducible, is found at its first step and trains alone from then on).
+forward hooks (``student.adapt``'s LoRA branches) nor ``SyncBatchNorm`` (``train.sync_bn``), and
+draw no random numbers in their forward pass (``vmap`` runs with ``randomness="error"``: a student
+with dropout, which would need its own RNG stream to stay reproducible, is found at its first step
+and trains alone from then on).
 Everything else trains member by member as without the switch.
 
 Results equal the unfused ones within fp32 rounding, not bit for bit (a grouped convolution sums
@@ -53,7 +54,8 @@ def signature(member: Member) -> tuple[Any, ...] | None:
     if type(member) is not Member or member.needs_features:
         return None
     student = member.student
-    if any(m._forward_hooks or m._forward_pre_hooks for m in student.modules()):
+    if any(m._forward_hooks or m._forward_pre_hooks or isinstance(m, nn.SyncBatchNorm)
+           for m in student.modules()):  # LoRA branches; BatchNorm synchronised across processes
         return None
     params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad)
                    for n, p in student.named_parameters())
@@ -149,9 +151,10 @@ def stack(members: Sequence[Member]) -> list[Member | StackedGroup]:
     out = [StackedGroup(u) if isinstance(u, list) and len(u) > 1 else
            (u[0] if isinstance(u, list) else u) for u in units]
     stacked = [len(u.members) for u in out if isinstance(u, StackedGroup)]
-    log.info("horizontal fusion: %d of %d members stacked (groups of %s); %d train one by one",
-             sum(stacked), len(members), ", ".join(map(str, stacked)) or "none",
-             len(members) - sum(stacked))
+    if len(members) > 1:  # a cohort of one (a plain run, a teacher) has nothing to stack
+        log.info("horizontal fusion: %d of %d members stacked (groups of %s); %d train one by one",
+                 sum(stacked), len(members), ", ".join(map(str, stacked)) or "none",
+                 len(members) - sum(stacked))
     return out
 
 
