@@ -7,7 +7,9 @@ One step::
                          backward, a step of its own optimiser and LR schedule (in its RNG stream)
 
 Members share no parameters, so member k's gradients, weights and metrics are exactly those it
-would have trained alone (``tests/test_cohort.py`` checks this bit for bit on the CPU). A member
+would have trained alone (``tests/test_cohort.py`` checks this bit for bit on the CPU). With
+``train.horizontal`` the members of one architecture take their step as one vmapped model
+(:mod:`kdsweep.engine.horizontal`): the same results within fp32 rounding. A member
 leaves the cohort when it is pruned, diverges or fails; the others go on. A single run is a cohort
 of one: there is no second training loop. The loop knows methods only through
 :class:`kdsweep.methods.Method` and never branches on a method's name.
