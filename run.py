@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from kdsweep.config import register_configs
+from kdsweep.config.cli import check as check_command_line
 from kdsweep.errors import KDSweepError
 
 register_configs()
@@ -53,4 +55,8 @@ def _presets_as_groups(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.argv = _presets_as_groups(sys.argv)
+    error = check_command_line(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    if error:  # a bad override: one line and status 2, before Hydra starts any work
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,8 +93,35 @@ def test_unconvertible_values_fail_at_composition_naming_the_key(override, key, 
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), override], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120,
                        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
-    assert p.returncode != 0 and key in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and key in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one line
     assert not (tmp_path / "m.db").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["train.horizontal=maybe"], r"train.horizontal=maybe; Value 'maybe' is not a valid bool"),
+    (["method=nosuch"], r"Could not find 'method/nosuch'; Available options in 'method': at, ce,"),
+    (["foo.bar=1"], r"Could not override 'foo.bar'.*Key 'foo' not in"),
+    (["method.alpha=0.2,0.8"], r"method.alpha=0.2,0.8: a sweep needs -m"),
+    (["-m", "method.alpha=0.2,abc"], r"method.alpha=abc; Value 'abc' .* could not be converted"),
+    (["-m", "method=kd,at", "method.alpha=0.5"], r"Key 'alpha' not in"),  # (at, alpha): no such key
+])
+def test_a_bad_command_line_is_one_line_before_hydra_starts(argv, expected):
+    from kdsweep.config.cli import check
+
+    error = check(argv, ROOT / "conf")
+    assert error is not None and "\n" not in error and re.search(expected, error), error
+
+
+@pytest.mark.parametrize("argv", [[], ["-m", "method.alpha=0.2,0.8", "method.T=2,4"],
+                                  ["-m", "experiment=alpha_t_grid_wrn", "debug=smoke",
+                                   "hydra.sweeper.fuse=16"],
+                                  ["-m", "method=kd,dkd", "method.T=interval(1,8)"],
+                                  ["--help"], ["--cfg", "job", "schedule.epochs=3"]])
+def test_good_command_lines_pass_the_check(argv):
+    from kdsweep.config.cli import check
+
+    assert check(argv, ROOT / "conf") is None
 
 
 def test_retry_waits_out_a_locked_database(monkeypatch):

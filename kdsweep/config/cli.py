@@ -1,0 +1,123 @@
+"""The command line checked before Hydra runs: a bad override is one line and exit status 2.
+
+Hydra reports a value it cannot compose (``train.horizontal=maybe``, ``method=nosuch``,
+``foo.bar=1``) in several lines (the error, ``full_key``, ``object_type``, a hint about
+``HYDRA_FULL_ERROR``) and exits with status 1, the status of a crash. kdsweep promises one line
+naming the key, the value and what is valid, and status 2, before any work. So ``run.py`` first
+composes the config once with Hydra's own compose API and the same overrides, and turns a
+composition error into that line. Hydra's messages already name the key and what is valid; this
+module only joins them into one line (the multi-line layout is Hydra's, and Hydra offers no option
+to change it, which is why this is hand-written).
+
+For a sweep (``-m``) the first job's overrides are composed (each sweep at its first value), then
+each further value of each sweep in turn (a ``choice`` or list, a ``range``, an ``interval``'s
+bounds), at most :data:`MAX_COMPOSITIONS` in all; a command line with a ``glob`` sweep, or one
+argparse does not accept, is left to Hydra unchecked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Lines of Hydra's and OmegaConf's messages that repeat what the first line says.
+_NOISE = ("full_key:", "reference_type=", "object_type=", "Set the environment variable HYDRA_FULL_ERROR",
+          "Config search path", "provider=")
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra's composition error (and the OmegaConf error under it) as one line."""
+    texts = [str(err)]
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause) not in texts[0]:
+        texts.append(str(cause))
+    parts: list[str] = []
+    for text in texts:
+        lines = [ln.strip() for ln in text.splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith(_NOISE)]
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith("Available options in"):  # then one option per line
+                options = []
+                while i + 1 < len(lines) and " " not in lines[i + 1]:
+                    options.append(lines[i + 1])
+                    i += 1
+                line = f"{line.rstrip(':')}: {', '.join(options)}"
+            parts.append(line.rstrip("."))
+            i += 1
+    return "; ".join(parts)
+
+
+#: At most this many compositions check a sweep's values (one takes about 0.2 s).
+MAX_COMPOSITIONS = 16
+
+
+def _variants(overrides: list[str], multirun: bool) -> list[list[str]] | None:
+    """The command lines to compose: each sweep at its first value, then each further value of
+    each sweep in turn (the others at their first); None when a sweep cannot be enumerated.
+    Raises ValueError for a sweep without ``-m``."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
+
+    base: list[str] = []
+    swept: list[tuple[int, list[str]]] = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        if not o.is_sweep_override():
+            base.append(o.input_line)
+            continue
+        if not multirun:
+            raise ValueError(f"{o.input_line}: a sweep needs -m (--multirun); for a list write "
+                             f"{o.get_key_element()}=[...], for a string quote the value")
+        value = o.value()
+        if isinstance(value, IntervalSweep):  # Optuna samples it: its bounds are what composes
+            values = [str(value.start), str(value.end)]
+        else:
+            try:
+                values = list(o.sweep_string_iterator())
+            except Exception:  # a glob needs the config loader: leave it to Hydra
+                return None
+        key = o.get_key_element()
+        swept.append((len(base), [f"{key}={v}" for v in values]))
+        base.append(swept[-1][1][0])
+    variants = [base]
+    for i, lines in swept:
+        variants += [[*base[:i], line, *base[i + 1:]] for line in lines[1:]]
+    return variants[:MAX_COMPOSITIONS]
+
+
+def check(argv: list[str], config_dir: Path, config_name: str = "config") -> str | None:
+    """None when the command line composes, else its error as one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
+    from hydra.core.global_hydra import GlobalHydra
+
+    from kdsweep.config.nodes import register_configs
+
+    register_configs()  # the generated teacher/student/method nodes (idempotent)
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # argparse's own error (or --help): Hydra prints it
+        return None
+    skip = ("help", "hydra_help", "info", "shell_completion", "config_path", "experimental_rerun")
+    if any(getattr(args, name, None) for name in skip):  # nothing to compose, or not ours
+        return None
+    try:
+        variants = _variants(list(args.overrides), bool(args.multirun))
+    except Exception as err:  # a malformed override: Hydra's parser says why
+        return one_line(err)
+    if variants is None:
+        return None
+    conf = Path(args.config_dir) if args.config_dir else Path(config_dir)
+    try:
+        with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
+            for overrides in variants:
+                compose(args.config_name or config_name, overrides=overrides,
+                        return_hydra_config=True)
+    except Exception as err:
+        return one_line(err)
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+__all__ = ["check", "one_line"]
