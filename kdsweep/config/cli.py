@@ -20,8 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Lines of Hydra's and OmegaConf's messages that repeat what the first line says.
-_NOISE = ("full_key:", "reference_type=", "object_type=", "Set the environment variable HYDRA_FULL_ERROR",
-          "Config search path", "provider=")
+_NOISE = ("full_key:", "reference_type=", "object_type=", "Config search path", "provider=",
+          "Set the environment variable HYDRA_FULL_ERROR")
 
 
 def one_line(err: BaseException) -> str:
@@ -102,7 +102,8 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config") -> str
     if any(getattr(args, name, None) for name in skip):  # nothing to compose, or not ours
         return None
     try:
-        variants = _variants(list(args.overrides), bool(args.multirun))
+        multirun = bool(args.multirun) or "hydra.mode=MULTIRUN" in args.overrides
+        variants = _variants(list(args.overrides), multirun)
     except Exception as err:  # a malformed override: Hydra's parser says why
         return one_line(err)
     if variants is None:
