@@ -34,7 +34,8 @@ def weights(result) -> dict[str, torch.Tensor]:
     return load_checkpoint(result.checkpoint.parent / "last.pt")["trainer"]["model"]
 
 
-def test_members_match_their_solo_runs_bit_for_bit(compose, resnet14_teacher, tmp_path, monkeypatch):
+def test_members_match_their_solo_runs_bit_for_bit(
+        compose, resnet14_teacher, tmp_path, monkeypatch):
     base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}"]
     cfgs = [compose([*base, *m]) for m in MEMBERS]
     monkeypatch.chdir(tmp_path)
@@ -60,7 +61,8 @@ def test_members_match_their_solo_runs_bit_for_bit(compose, resnet14_teacher, tm
     assert sizes == {str(len(MEMBERS))}
 
 
-def test_a_diverging_member_leaves_and_the_others_finish(compose, resnet14_teacher, tmp_path, monkeypatch):
+def test_a_diverging_member_leaves_and_the_others_finish(
+        compose, resnet14_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}",
@@ -90,8 +92,8 @@ def test_memory_estimate_scales_with_the_batch():
 
 
 @pytest.mark.parametrize("policy", ["refuse", "split"])
-def test_a_cohort_too_big_for_memory_is_refused_or_split(compose, resnet14_teacher, tmp_path, monkeypatch,
-                                                         policy, capsys):
+def test_a_cohort_too_big_for_memory_is_refused_or_split(
+        compose, resnet14_teacher, tmp_path, monkeypatch, policy, capsys):
     from kdsweep.errors import ConfigError
 
     monkeypatch.chdir(tmp_path)

@@ -39,8 +39,8 @@ def _cohort(compose, teacher: str, tmp_path: Path, horizontal: bool, members=MEM
     return uri, run_cohort(jobs)
 
 
-def test_stacked_members_match_members_trained_one_by_one(compose, resnet14_teacher, tmp_path, monkeypatch,
-                                                          caplog):
+def test_stacked_members_match_members_trained_one_by_one(
+        compose, resnet14_teacher, tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger="kdsweep.engine.horizontal"):
         uri_h, stacked = _cohort(compose, resnet14_teacher, tmp_path, True)
@@ -70,8 +70,8 @@ def test_stacked_members_match_members_trained_one_by_one(compose, resnet14_teac
         assert steps and all(int(wh[n]) == int(ws[n]) == 6 for n in steps)
 
 
-def test_one_stacked_step_differs_from_single_steps_by_rounding_only(compose, resnet14_teacher, tmp_path,
-                                                                     monkeypatch):
+def test_one_stacked_step_differs_from_single_steps_by_rounding_only(
+        compose, resnet14_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     members = [["method=kd"], ["method=dkd", "method.T=2", "schedule.lr=0.1"]]
     one = ["train.limit_train_batches=1", "schedule.epochs=1"]
@@ -81,8 +81,8 @@ def test_one_stacked_step_differs_from_single_steps_by_rounding_only(compose, re
         assert 0.0 < relative_difference(weights(h), weights(s)) < 1e-7  # seen: 5e-9
 
 
-def test_a_diverging_stacked_member_leaves_and_the_others_finish(compose, resnet14_teacher, tmp_path,
-                                                                 monkeypatch):
+def test_a_diverging_stacked_member_leaves_and_the_others_finish(
+        compose, resnet14_teacher, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     members = [["method=kd"], ["method=kd", "schedule.lr=1e30", "schedule.warmup_epochs=0"],
                ["method=kd", "method.T=2"]]
@@ -91,8 +91,8 @@ def test_a_diverging_stacked_member_leaves_and_the_others_finish(compose, resnet
     assert "non-finite" in str(bad.error)
 
 
-def test_students_with_dropout_fall_back_to_one_by_one(compose, resnet14_teacher, tmp_path, monkeypatch,
-                                                       caplog):
+def test_students_with_dropout_fall_back_to_one_by_one(
+        compose, resnet14_teacher, tmp_path, monkeypatch, caplog):
     """EfficientNet-B0 has dropout before its classifier: under vmap(randomness="error") its first
     stacked step fails before anything is applied, and the group trains one by one, so results
     stay those of the members' own RNG streams."""
