@@ -117,6 +117,7 @@ def test_a_bad_command_line_is_one_line_before_hydra_starts(argv, expected):
                                   ["-m", "experiment=alpha_t_grid_wrn", "debug=smoke",
                                    "hydra.sweeper.fuse=16"],
                                   ["-m", "method=kd,dkd", "method.T=interval(1,8)"],
+                                  ["hydra.mode=MULTIRUN", "method.alpha=0.2,0.8"],
                                   ["--help"], ["--cfg", "job", "schedule.epochs=3"]])
 def test_good_command_lines_pass_the_check(argv):
     from kdsweep.config.cli import check
