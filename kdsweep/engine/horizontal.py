@@ -23,7 +23,8 @@ have the same architecture (the same parameter and buffer names, shapes and dtyp
 forward hooks (``student.adapt``'s LoRA branches) nor ``SyncBatchNorm`` (``train.sync_bn``), and
 draw no random numbers in their forward pass (``vmap`` runs with ``randomness="error"``: a student
 with dropout, which would need its own RNG stream to stay reproducible, is found at its first step
-and trains alone from then on).
+and trains alone from then on). Stacked members run eagerly: ``train.compile`` applies to the
+members that train one by one.
 Everything else trains member by member as without the switch.
 
 Results equal the unfused ones within fp32 rounding, not bit for bit (a grouped convolution sums
