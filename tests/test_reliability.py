@@ -118,6 +118,7 @@ def test_a_bad_command_line_is_one_line_before_hydra_starts(argv, expected):
                                    "hydra.sweeper.fuse=16"],
                                   ["-m", "method=kd,dkd", "method.T=interval(1,8)"],
                                   ["hydra.mode=MULTIRUN", "method.alpha=0.2,0.8"],
+                                  ["--config-dir", "/tmp", "schedule.epochs=3"],  # extra search dir
                                   ["--help"], ["--cfg", "job", "schedule.epochs=3"]])
 def test_good_command_lines_pass_the_check(argv):
     from kdsweep.config.cli import check

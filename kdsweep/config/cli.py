@@ -11,8 +11,9 @@ to change it, which is why this is hand-written).
 
 For a sweep (``-m``) the first job's overrides are composed (each sweep at its first value), then
 each further value of each sweep in turn (a ``choice`` or list, a ``range``, an ``interval``'s
-bounds), at most :data:`MAX_COMPOSITIONS` in all; a command line with a ``glob`` sweep, or one
-argparse does not accept, is left to Hydra unchecked.
+bounds), at most :data:`MAX_COMPOSITIONS` in all. A command line with a ``glob`` sweep, one that
+changes the config search path (``--config-path``, ``--config-dir``), or one argparse does not
+accept, is left to Hydra unchecked.
 """
 
 from __future__ import annotations
@@ -98,8 +99,9 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config") -> str
         args = get_args_parser().parse_args(argv)
     except SystemExit:  # argparse's own error (or --help): Hydra prints it
         return None
-    skip = ("help", "hydra_help", "info", "shell_completion", "config_path", "experimental_rerun")
-    if any(getattr(args, name, None) for name in skip):  # nothing to compose, or not ours
+    skip = ("help", "hydra_help", "info", "shell_completion", "config_path", "config_dir",
+            "experimental_rerun")
+    if any(getattr(args, name, None) for name in skip):  # nothing to compose, or another search path
         return None
     try:
         multirun = bool(args.multirun) or "hydra.mode=MULTIRUN" in args.overrides
@@ -108,9 +110,8 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config") -> str
         return one_line(err)
     if variants is None:
         return None
-    conf = Path(args.config_dir) if args.config_dir else Path(config_dir)
     try:
-        with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
             for overrides in variants:
                 compose(args.config_name or config_name, overrides=overrides,
                         return_hydra_config=True)
