@@ -37,10 +37,19 @@ def main(cfg: DictConfig) -> float | dict:
     try:
         return run_job(cfg, output_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task))
     except KDSweepError as e:
-        if hc.mode == RunMode.MULTIRUN:
-            raise  # let the sweeper record the failed trial
+        if hc.mode == RunMode.MULTIRUN and "kdsweep_optuna" in str(hc.sweeper.get("_target_")):
+            raise  # the kdsweep sweeper records the failed trial and goes on
         print(f"error: {e}", file=sys.stderr, flush=True)
+        if hc.mode == RunMode.MULTIRUN:  # Hydra's own sweepers stop at a raised error: go on;
+            return float("nan")          # the sweep's record counts the failed runs at the end
         sys.exit(2)
+
+
+def _preflight(cfg: DictConfig, overrides: list[str]) -> None:
+    """Every check a run makes before any work (a refused run writes nothing at all)."""
+    from kdsweep.run.preflight import check
+
+    check(cfg, overrides)
 
 
 def _presets_as_groups(argv: list[str]) -> list[str]:
@@ -55,7 +64,8 @@ def _presets_as_groups(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     sys.argv = _presets_as_groups(sys.argv)
-    error = check_command_line(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    error = check_command_line(sys.argv[1:], Path(__file__).resolve().parent / "conf",
+                               preflight=_preflight)
     if error:  # a bad override: one line and status 2, before Hydra starts any work
         print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)

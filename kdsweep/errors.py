@@ -3,7 +3,15 @@
 Every user-facing refusal raises a subclass of :class:`KDSweepError` whose message names the bad
 value and what is allowed. ``run.py`` prints ``error: <message>`` and exits with status 2 for these;
 anything else is a bug and keeps its traceback.
+
+Exit statuses of ``python run.py``: 0 done (a sweep: every point finished or was pruned);
+1 a crash (a bug: its traceback is printed); 2 refused before any work (bad input, one line);
+:data:`EXIT_INCOMPLETE` (3) a sweep that ended with points that failed or were not run (it prints
+how many and the command that retries them).
 """
+
+#: Exit status of a sweep that ended with failed (not pruned) or unrun points.
+EXIT_INCOMPLETE = 3
 
 
 class KDSweepError(Exception):

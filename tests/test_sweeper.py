@@ -4,6 +4,7 @@ the embedded set with tiny schedules, real SQLite Optuna and MLflow stores in tm
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -168,9 +169,9 @@ def test_two_sweepers_share_a_grid_without_repeating_a_point(tmp_path, teacher):
 
 
 def test_resume_runs_only_missing_points_and_failures_do_not_stop_it(tmp_path, teacher):
-    """n_trials=2 of 4 points, then the rest: nothing runs twice, the same parent run is reused;
-    a trial that raises (alpha out of range) and one whose loss is NaN are FAILED in Optuna and
-    MLflow with their reason, and the sweep goes on."""
+    """n_trials=2 of 3 points, then the rest: nothing runs twice, the same parent run is reused;
+    a trial whose loss is NaN is FAILED in Optuna and MLflow with its reason, the sweep goes on,
+    and ends with exit status 3, the count and the command that retries it."""
     sp = write_preset(tmp_path, "t_fail", """
 hydra:
   sweeper:
@@ -178,7 +179,6 @@ hydra:
     points:
       - {method.alpha: 0.5, schedule.lr: 0.05}
       - {method.alpha: 0.8, schedule.lr: 0.05}
-      - {method.alpha: 1.5, schedule.lr: 0.05}
       - {method.alpha: 0.5, schedule.lr: 1.0e8}
 """)
     base = [sp, "+experiment=t_fail", "hydra/sweeper/sampler=grid", "teacher=resnet8",
@@ -189,26 +189,64 @@ hydra:
         (TrialState.COMPLETE, 0.5), (TrialState.COMPLETE, 0.8)]
     _, parent1, _ = parent_and_children(tmp_path, "f")
 
-    p = sweep(tmp_path, base)  # n_trials: null = every point
-    assert "2/4 trials done or running; running up to 2 now" in p.stderr + p.stdout
+    p = subprocess.run(_cmd(base), cwd=tmp_path, env=_env(tmp_path), capture_output=True,
+                       text=True, timeout=300)  # n_trials: null = every point
+    assert p.returncode == 3, p.stdout[-3000:] + p.stderr[-5000:]
+    assert "2/3 trials done or running; running up to 1 now" in p.stderr + p.stdout
+    assert "2 complete, 0 pruned, 1 failed (points)" in p.stdout
+    assert "kdsweep: 1 of 3 points did not finish: 1 failed, 0 not run" in p.stderr
+    retry = p.stderr.rstrip().splitlines()[-1].split("retry them (finished points are kept): ")[1]
+    assert shlex.split(retry)[:3] == ["python", str(ROOT / "run.py"), "-m"]
+    assert "experiment=t_fail" in retry and f"teacher.checkpoint={teacher}" in retry
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] * 2
-    assert "ConfigError: method.alpha=1.5" in trials[2].user_attrs["error"]
-    assert "TrainingDiverged" in trials[3].user_attrs["error"]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL]
+    assert "TrainingDiverged" in trials[2].user_attrs["error"]
 
     _, parent, children = parent_and_children(tmp_path, "f")
-    assert parent.info.run_id == parent1.info.run_id and parent.info.status == "FINISHED"
+    assert parent.info.run_id == parent1.info.run_id and parent.info.status == "FAILED"
     status = {int(c.data.tags["optuna.trial"]): c.info.status for c in children}
-    assert status == {0: "FINISHED", 1: "FINISHED", 2: "FAILED", 3: "FAILED"}
+    assert status == {0: "FINISHED", 1: "FINISHED", 2: "FAILED"}
     errors = {int(c.data.tags["optuna.trial"]): c.data.tags.get("kdsweep.error", "")
               for c in children}
-    assert "method.alpha=1.5" in errors[2] and "TrainingDiverged" in errors[3]
+    assert "TrainingDiverged" in errors[2] and not errors[0]
     (table,) = write_report(tmp_path / "multirun" / "f", log_to_parent=False).tables
-    assert (table.row_labels, table.col_labels) == (["0.5", "0.8", "1.5"], ["0.05", "100000000.0"])
+    assert (table.row_labels, table.col_labels) == (["0.5", "0.8"], ["0.05", "100000000.0"])
     texts = [[c.text() for c in row] for row in table.cells]
-    assert texts[0][1] == "failed" and texts[1][1] == "" and texts[2] == ["failed", ""]
+    assert texts[0][1] == "failed" and texts[1][1] == ""
     metric = {int(c.data.tags["optuna.trial"]): c.data.metrics.get("best_val_acc") for c in children}
     assert [table.values()[0][0], table.values()[1][0]] == [metric[0], metric[1]]
+
+
+def test_a_bad_value_anywhere_in_a_sweep_is_refused_before_anything_is_written(tmp_path, teacher):
+    """A preset point, a command-line choice, a range bound: one line, exit status 2, and no
+    output folder, no Optuna study, no MLflow store."""
+    sp = write_preset(tmp_path, "t_bad", """
+hydra:
+  sweeper:
+    study_name: bad
+    points:
+      - {method.alpha: 0.5}
+      - {method.alpha: 0.5, schedule.warmup_epochs: 5}
+""")
+    cases = {
+        "point": ([sp, "+experiment=t_bad"], "sweep point method.alpha=0.5 "
+                  "schedule.warmup_epochs=5: schedule.warmup_epochs=5 must be shorter than "
+                  "schedule.epochs=2"),
+        "choice": (["method.alpha=choice(0.5,1.5)"], "method.alpha=1.5 is out of range"),
+        "range": (["hydra/sweeper/sampler=tpe", "hydra.sweeper.n_trials=2",
+                   "schedule.lr=interval(0.1,inf)"], "schedule.lr=inf must be a finite number"),
+        "model": (["student.name=choice(resnet8,resnet_8)"], "student=resnet_8"),
+        "data": (["dataset=choice(embedded,cifar100)"], "cifar100: no data under"),
+        "data value": (["dataset.padding=choice(4,-1)"], "dataset.padding=-1"),
+    }
+    for name, (args, message) in cases.items():
+        p = subprocess.run(_cmd(["hydra/sweeper/sampler=grid", "teacher=resnet8",
+                                 f"teacher.checkpoint={teacher}", *TINY, *args]),
+                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=120)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and message in lines[0], (name, p.stderr)
+        assert sorted(f.name for f in tmp_path.iterdir()) == ["conf", "teacher.pt"], name
 
 
 def test_tpe_sweep_in_parallel_with_joblib(tmp_path, teacher):

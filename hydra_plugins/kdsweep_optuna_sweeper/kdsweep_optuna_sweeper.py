@@ -7,6 +7,7 @@ adapter imports ``kdsweep``; ``kdsweep`` never imports ``hydra_plugins``.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,17 @@ class KDSweepOptunaSweeper(Sweeper):
         self.job_idx = 0
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Run the missing trials of the study; a bad sweep config is one line and exit status 2."""
-        from kdsweep.errors import KDSweepError
+        """Run the missing trials of the study; a bad sweep config is one line and exit status 2;
+        a sweep that ends with points that failed exits with status 3 (kdsweep.errors)."""
+        from kdsweep.errors import EXIT_INCOMPLETE, KDSweepError
 
         try:
-            self.sweep_impl.run(arguments, self._context())
+            ending = self.sweep_impl.run(arguments, self._context())
         except KDSweepError as e:
             _refuse(e)
+        if ending.unfinished:
+            print(ending.message(retry_command()), file=sys.stderr, flush=True)
+            sys.exit(EXIT_INCOMPLETE)
         return None
 
     def _context(self) -> Any:
@@ -90,7 +95,7 @@ class KDSweepOptunaSweeper(Sweeper):
             launcher=str(cfg.hydra.launcher.get("_target_", "?")).rsplit(".", 1)[-1],
             prefix="sweep." if "sweep" in cfg else "++sweep.",
             add_threads=cfg.get("cpu_threads", "absent") is None,
-            launch=self._launch, compose=self._compose)
+            launch=self._launch, compose=self._compose, check=_check)
 
     def _launch(self, overrides: list[list[str]]) -> list[Any]:
         from kdsweep.sweep.settings import Outcome
@@ -107,6 +112,18 @@ class KDSweepOptunaSweeper(Sweeper):
         with_hydra = OmegaConf.to_container(cfg, resolve=False)
         with_hydra.pop("hydra", None)
         return with_hydra
+
+
+def _check(cfg: Any, reach: bool = True) -> None:
+    """The checks a run makes before any work (kdsweep.run.preflight), for a trial's config."""
+    from kdsweep.run.preflight import check
+
+    check(cfg, reach=reach)
+
+
+def retry_command() -> str:
+    """The command line that started this sweep (re-running it retries what did not finish)."""
+    return shlex.join(["python", *sys.argv])
 
 
 def _refuse(err: Exception) -> None:

@@ -18,7 +18,12 @@ accept, is left to Hydra unchecked.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+from omegaconf import DictConfig
+
+from kdsweep.errors import KDSweepError
 
 #: Lines of Hydra's and OmegaConf's messages that repeat what the first line says.
 _NOISE = ("full_key:", "reference_type=", "object_type=", "Config search path", "provider=",
@@ -49,8 +54,8 @@ def one_line(err: BaseException) -> str:
     return "; ".join(parts)
 
 
-#: At most this many compositions check a sweep's values (one takes about 0.2 s).
-MAX_COMPOSITIONS = 16
+#: At most this many compositions check a sweep's values (one takes about 0.1 s).
+MAX_COMPOSITIONS = 128
 
 
 def _variants(overrides: list[str], multirun: bool) -> list[list[str]] | None:
@@ -86,8 +91,15 @@ def _variants(overrides: list[str], multirun: bool) -> list[list[str]] | None:
     return variants[:MAX_COMPOSITIONS]
 
 
-def check(argv: list[str], config_dir: Path, config_name: str = "config") -> str | None:
-    """None when the command line composes, else its error as one line."""
+def check(argv: list[str], config_dir: Path, config_name: str = "config",
+          preflight: Callable[[DictConfig, list[str]], None] | None = None) -> str | None:
+    """None when the command line composes, else its error as one line.
+
+    ``preflight(cfg, overrides)``: the checks a run makes before any work, applied to each
+    composed variant (without its ``hydra`` node), so that a refused run writes nothing. Not
+    applied to the kdsweep sweeper's jobs: that sweeper checks every value of its space itself,
+    preset parameters included, before it writes anything.
+    """
     from hydra import compose, initialize_config_dir
     from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
     from hydra.core.global_hydra import GlobalHydra
@@ -113,13 +125,29 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config") -> str
     try:
         with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
             for overrides in variants:
-                compose(args.config_name or config_name, overrides=overrides,
-                        return_hydra_config=True)
+                cfg = compose(args.config_name or config_name, overrides=overrides,
+                              return_hydra_config=True)
+                if preflight is not None and not (multirun and _kdsweep_sweeper(cfg)):
+                    preflight(_without_hydra(cfg), overrides)
+    except KDSweepError as err:
+        return str(err)
     except Exception as err:
         return one_line(err)
     finally:
         GlobalHydra.instance().clear()
     return None
+
+
+def _kdsweep_sweeper(cfg: DictConfig) -> bool:
+    return "kdsweep_optuna" in str(cfg.hydra.sweeper.get("_target_", ""))
+
+
+def _without_hydra(cfg: DictConfig) -> DictConfig:
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    plain.pop("hydra", None)
+    return OmegaConf.create(plain)
 
 
 __all__ = ["check", "one_line"]

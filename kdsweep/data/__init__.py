@@ -5,7 +5,7 @@ config node into a :class:`DataBundle` whose ``train``/``val`` loaders yield
 ``(images, labels, indices)`` on the device.
 """
 
-from kdsweep.data.build import DataBundle, Loader, build_data, parse_config
+from kdsweep.data.build import DataBundle, Loader, build_data, check_dataset, parse_config
 from kdsweep.data.embedded_io import EMBEDDED_PATH, load_embedded
 from kdsweep.data.loaders import StreamingLoader, TensorLoader, derive_seed
 
@@ -18,5 +18,6 @@ __all__ = [
     "build_data",
     "derive_seed",
     "load_embedded",
+    "check_dataset",
     "parse_config",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -13,7 +14,7 @@ from omegaconf import MISSING
 
 from kdsweep.data.datasets import TensorSplits, channel_stats, cifar_splits, embedded_splits
 from kdsweep.data.loaders import AUGMENTS, TensorLoader
-from kdsweep.errors import ConfigError
+from kdsweep.errors import ConfigError, DataError
 
 SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder")
 
@@ -121,16 +122,54 @@ def parse_config(cfg: Mapping) -> dict[str, Any]:
         if v is not None and (len(v) != 3 or (key == "std" and min(v) <= 0)):
             raise ConfigError(f"dataset.{key}={list(v)}; expected 3 per-channel values"
                               + (" > 0" if key == "std" else ""))
-    for key in ("image_size", "num_classes", "val_resize"):
-        if c[key] is not None and int(c[key]) < 1:
-            raise ConfigError(f"dataset.{key}={c[key]}; expected a positive integer or null")
+    for key in ("mean", "std"):
+        v = c[key]
+        if v is not None and not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+            raise ConfigError(f"dataset.{key}={list(v)}; expected 3 finite per-channel values")
+    for key, hi in LIMITS.items():
+        v = c[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or not (0 if key in ("padding", "num_workers") else 1) <= v <= hi):
+            lo = 0 if key in ("padding", "num_workers") else 1
+            raise ConfigError(f"dataset.{key}={v!r}; expected an integer in [{lo}, {hi}]"
+                              + ("" if key in ("padding",) else " or null"))
+    if c["image_size"] is not None and c["padding"] >= c["image_size"]:
+        raise ConfigError(f"dataset.padding={c['padding']} must be smaller than "
+                          f"dataset.image_size={c['image_size']}")
     if not isinstance(c["skip_bad_images"], bool):
         raise ConfigError(f"dataset.skip_bad_images={c['skip_bad_images']!r}; expected true or false")
     if c["num_workers"] is None:
         c["num_workers"] = min(8, os.cpu_count() or 1)
-    if int(c["num_workers"]) < 0:
-        raise ConfigError(f"dataset.num_workers={c['num_workers']}; expected >= 0")
     return c
+
+
+#: Upper bounds of the data set's integer options (a typo of a few extra digits, or a size no
+#: memory holds, is refused before any work).
+LIMITS = {"image_size": 4096, "num_classes": 1_000_000, "val_resize": 8192, "padding": 512,
+          "num_workers": 256}
+
+
+def check_dataset(cfg: Mapping) -> None:
+    """Every check of the ``dataset`` node that needs no decoding: values (:func:`parse_config`)
+    and that its files are where it says (or will be downloaded). Raises one line."""
+    c = parse_config(cfg)
+    if c["source"] in ("cifar10", "cifar100"):
+        from kdsweep.data.datasets import missing_cifar
+
+        problem = missing_cifar(c["source"], resolve_root(c["root"], default="data"),
+                                bool(c["download"]))
+        if problem:
+            raise DataError(problem)
+    elif c["source"] == "imagefolder":
+        from kdsweep.data.imagefolder import LAYOUT, split_dirs
+
+        if c["root"] in (None, "", "???"):
+            raise ConfigError(f"dataset.root is not set; point it at an ImageFolder tree: {LAYOUT}")
+        split_dirs(resolve_root(c["root"]), c["val_split"])
+    elif c["root"] not in (None, ""):
+        root = resolve_root(c["root"])
+        if root is not None and not root.exists():
+            raise DataError(f"dataset.root={c['root']}: {root} does not exist")
 
 
 def _resolve_device(device: torch.device | str) -> torch.device:

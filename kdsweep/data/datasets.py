@@ -38,6 +38,16 @@ _CIFAR = {
 }
 
 
+def missing_cifar(name: str, root: Path, download: bool) -> str | None:
+    """Why CIFAR ``name`` cannot be loaded from ``root`` without downloading (None: it can, or
+    ``download`` is set)."""
+    _, archive, folder = _CIFAR[name]
+    if download or (root / folder).is_dir() or (root / archive).is_file():
+        return None
+    return (f"{name}: no data under {root}; put {archive} (or its extracted {folder}/) under "
+            f"{root}, or set dataset.download=true to fetch it when online")
+
+
 def cifar_splits(name: str, root: Path, download: bool) -> TensorSplits:
     """CIFAR-10/100 through ``torchvision.datasets`` (downloads into ``root`` when asked).
 

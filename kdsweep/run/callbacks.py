@@ -50,18 +50,27 @@ def epoch_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 class EpochMetrics(Callback):
     """Each epoch's metrics in the member's MLflow run, step = epoch number (from 1); values that
-    do not change per epoch (the cohort's size) once, as params."""
+    do not change per epoch (the cohort's size) once, as params.
 
-    def __init__(self, recorder: RunRecorder):
+    ``logged``: epochs the run already holds (a resumed run that had logged epochs after its last
+    checkpoint before it was killed): they are not logged again, so every step is there once. On
+    the CPU the repeated epoch computes the same values bit for bit.
+    """
+
+    def __init__(self, recorder: RunRecorder, logged: set[int] | None = None,
+                 params: set[str] | None = None):
         self.recorder = recorder
-        self.constants_logged = False
+        self.logged = set(logged or ())
+        self.constants_logged = bool(params and set(CONSTANT_PER_EPOCH) <= params)
 
     def on_epoch_end(self, member: Member, epoch: int, metrics: dict[str, float],
                      is_best: bool) -> None:
         if not self.constants_logged:
             self.recorder.log_params({k: metrics[k] for k in CONSTANT_PER_EPOCH if k in metrics})
             self.constants_logged = True
-        self.recorder.log_metrics(epoch_metrics(metrics), step=epoch + 1)
+        if epoch + 1 not in self.logged:
+            self.recorder.log_metrics(epoch_metrics(metrics), step=epoch + 1)
+            self.logged.add(epoch + 1)
 
 
 class PruningReports(Callback):

@@ -76,10 +76,25 @@ class SweepRecord(Callback):
 
         uri, run_id = self.parent
         os.environ.pop(PARENT_ENV, None)
-        MlflowClient(uri).set_terminated(run_id, "FINISHED")
+        client = MlflowClient(uri)
+        children = client.search_runs([client.get_run(run_id).info.experiment_id],
+                                      f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)
+        failed = [c for c in children if c.info.status == "FAILED"]
+        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
         try:
             rep = write_report(_sweep_dir(config), log_to_parent=True)
             print(rep.markdown, flush=True)
             print(f"  report: {rep.markdown_path}", flush=True)
         except Exception as e:  # a report problem must not fail the sweep
             log.warning("could not write the sweep report: %s: %s", type(e).__name__, e)
+        if failed:
+            import shlex
+            import sys
+
+            from kdsweep.errors import EXIT_INCOMPLETE
+
+            print(f"kdsweep: {len(failed)} of {len(children)} runs of this sweep failed (reasons "
+                  "above and on each run, tag kdsweep.error); re-run the same command to retry "
+                  f"them (finished runs are trained again): {shlex.join(['python', *sys.argv])}",
+                  file=sys.stderr, flush=True)
+            sys.exit(EXIT_INCOMPLETE)

@@ -54,12 +54,16 @@ def run_fused(members_file: Path, output_dir: Path, job_cfg: DictConfig) -> dict
     for m in spec["members"]:
         # The member's own composed config; where to record (which may hold credentials, masked
         # in the file) comes from this job's config.
+        # The job's own sweep node names its first member: each member gets its own number and
+        # label (they are part of the member's record: its tags and config.yaml).
+        label = m.get("label") or f"t{int(m['number']):02d}"
         cfg = OmegaConf.create({**m["config"],
                                 "tracking": OmegaConf.to_container(job_cfg.tracking),
                                 "sweep": {**OmegaConf.to_container(job_cfg.sweep),
-                                          "trial_number": int(m["number"]), "members_file": None}})
+                                          "trial_number": int(m["number"]), "label": label,
+                                          "members_file": None}})
         jobs.append(Job(cfg, output_dir.parent / str(m["number"]), list(m["overrides"]),
-                        label=m.get("label") or f"t{int(m['number']):02d}"))
+                        label=label))
     if any(j.cfg.get("reducenet") is not None for j in jobs):  # ReduceNet trials (run/stages.py)
         results = run_reducenet_cohort(jobs)
     else:

@@ -20,7 +20,6 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from kdsweep.config import validate
 from kdsweep.config.cohort import differences
 from kdsweep.data import DataBundle, build_data, derive_seed
 from kdsweep.data.build import launch_dir
@@ -31,7 +30,6 @@ from kdsweep.engine import (
     Member,
     RngStream,
     budget,
-    check_checkpoint_file,
     describe_device,
     distributed,
     evaluate,
@@ -44,11 +42,10 @@ from kdsweep.engine.distributed import DistEnv
 from kdsweep.engine.memory import keep_freed_memory
 from kdsweep.engine.peers import PeerGroup
 from kdsweep.errors import ConfigError
-from kdsweep.methods import create_method
 from kdsweep.models import count_macs, count_parameters, create_model
-from kdsweep.run import adapt, record
+from kdsweep.run import adapt, preflight, record
 from kdsweep.run.plan import Job, Plan, RunResult
-from kdsweep.run.resume import Previous, find_resumable, run_key
+from kdsweep.run.resume import Previous, find_finished, find_resumable, run_key
 from kdsweep.run.teachers import (
     Teacher,
     TeacherRequirements,
@@ -57,8 +54,7 @@ from kdsweep.run.teachers import (
     schedule_key,
     teacher_filters,
 )
-from kdsweep.tracking import absolute_uri, check_uri, find_best_run, open_store, sqlite_path
-from kdsweep.tracking.store import check_sqlite_file
+from kdsweep.tracking import absolute_uri, find_best_run, open_store
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +78,11 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
     if data is None:
         data = _data(cfg, rt)
     store = _store(cfg, plans, rt)
+    if any(p.finished is not None for p in plans):  # ended before: reused, not trained again
+        rest = [p.job for p in plans if p.finished is None]
+        trained = iter(run_cohort(rest, data=data) if rest else [])
+        return [record.reuse(p, store.client) if p.finished is not None else next(trained)
+                for p in plans]
     teacher = _teacher(plans, data, store, rt)
     env = record.Env(uri=store.uri, experiment_id=store.experiment_id,
                      device=describe_device(rt.device), precision=rt.precision.name, data=data,
@@ -166,8 +167,12 @@ def _store(cfg: DictConfig, plans: Sequence[Plan], rt: Runtime) -> Store:
     experiment_id = distributed.broadcast(experiment_id, rt.dist)
     client = MlflowClient(tracking_uri=uri)
     if cfg.resume:
-        found = [find_resumable(client, experiment_id, p.key) if rt.dist.is_main else None
-                 for p in plans]
+        if rt.dist.is_main:
+            for p in plans:
+                parent = (p.cfg.get("sweep") or {}).get("parent_run_id")
+                p.finished = find_finished(client, experiment_id, p.key, parent)
+        found = [find_resumable(client, experiment_id, p.key)
+                 if rt.dist.is_main and p.finished is None else None for p in plans]
         paths = distributed.broadcast([f.checkpoint if f else None for f in found], rt.dist)
         for p, f, path in zip(plans, found, paths, strict=True):
             p.previous = f if rt.dist.is_main else (Previous(None, path) if path else None)
@@ -225,16 +230,7 @@ def _train_and_record(plans: Sequence[Plan], cohort: Cohort, env: record.Env) ->
 
 def _plan(job: Job) -> Plan:
     """Validate one member's config and create its method (checks its hyper-parameters)."""
-    validate(job.cfg)
-    method = create_method(job.cfg.method)
-    checkpoint = job.cfg.teacher.get("checkpoint") if job.cfg.get("teacher") else None
-    if method.needs_teacher and checkpoint:
-        check_checkpoint_file(checkpoint)
-    adapt.check(job.cfg, method)  # student.init / student.adapt
-    check_uri(str(job.cfg.tracking.uri))
-    path = sqlite_path(str(job.cfg.tracking.uri))
-    if path is not None:
-        check_sqlite_file(path, str(job.cfg.tracking.uri))
+    method = preflight.check_run(job.cfg)  # every value checked, nothing written
     composed = OmegaConf.to_container(job.cfg, resolve=True)
     if not method.needs_teacher:
         composed.pop("teacher", None)
@@ -379,8 +375,9 @@ def _resume_state(p: Plan, main: bool = True) -> None:
         return
     if p.previous.checkpoint is None:
         if main:
-            print(f"kdsweep: restarting MLflow run {p.previous.run_id} from epoch 1 (its process "
-                  "died before the first checkpoint)", flush=True)
+            print(f"kdsweep: MLflow run {p.previous.run_id} died before its first checkpoint: "
+                  "starting it again from epoch 1 as a new run (the old one is deleted)",
+                  flush=True)
         return
     state = load_checkpoint(p.previous.checkpoint)
     p.member.load_state_dict(state["trainer"])

@@ -47,6 +47,7 @@ class Plan:
     composed: dict[str, Any]  # the resolved config, as plain containers
     key: str                  # run identity for resume
     previous: Previous | None = None
+    finished: Any = None      # an MLflow run of this sweep trial's point that ended before
     recorder: RunRecorder | None = None
     member: Member | None = None
     stats: dict[str, float] = field(default_factory=dict)

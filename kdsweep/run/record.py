@@ -12,13 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
 from kdsweep import liveness
 from kdsweep.data import DataBundle
 from kdsweep.engine import DIVERGED, DONE, FAILED, PRUNED
+from kdsweep.errors import Pruned
 from kdsweep.run import artifacts
 from kdsweep.run.callbacks import Checkpoints, EpochMetrics, PruningReports, epoch_metrics
 from kdsweep.run.plan import Plan, RunResult
-from kdsweep.run.resume import OWNER_TAG, RESUME_PATH_TAG, RUN_KEY_TAG, logged_epochs
+from kdsweep.run.resume import (
+    LABEL_TAG,
+    OWNER_TAG,
+    PRUNED_TAG,
+    RESUME_PATH_TAG,
+    RUN_KEY_TAG,
+    logged_epochs,
+)
 from kdsweep.run.teachers import CHECKPOINT_ARTIFACT, SCHEDULE_TAG, Teacher, schedule_key
 from kdsweep.sweep.trial import TrialReporter, parent_tags
 from kdsweep.tracking import (
@@ -67,7 +77,15 @@ def _checkpoint_dir(p: Plan) -> Path:
 
 
 def start(p: Plan, env: Env) -> RunRecorder:
-    """Open (or reopen, when resuming) the member's MLflow run and attach its callbacks."""
+    """Open the member's MLflow run (or reopen it, resuming from ``last.pt``) and attach its
+    callbacks.
+
+    A run that died before its first checkpoint holds nothing to continue from: it is started
+    again as a new run and the old one is deleted (tagged ``kdsweep.restarted_as``), so no step
+    is logged twice and no param of the old attempt conflicts. A reopened run gets this attempt's
+    name, trial tags and ``config.yaml``; per-trial bookkeeping (the ``sweep`` node: trial
+    number, label) is kept out of the immutable params for that reason.
+    """
     assert p.member is not None
     ckpt = Checkpoints(_checkpoint_dir(p), every=int(p.cfg.train.checkpoint_every),
                        epochs=int(p.cfg.schedule.epochs),
@@ -80,26 +98,45 @@ def start(p: Plan, env: Env) -> RunRecorder:
             RUN_KEY_TAG: p.key, SCHEDULE_TAG: schedule_key(p.cfg),
             RESUME_PATH_TAG: str(ckpt.last.resolve()), OWNER_TAG: liveness.owner_tag(),
             **parent_tags(p.cfg.get("sweep"))}
-    fresh = p.previous is None or p.previous.checkpoint is None
+    if p.job.label and p.job.label != "teacher":
+        tags[LABEL_TAG] = p.job.label
+    resumed = p.previous is not None and p.previous.checkpoint is not None
     rec = RunRecorder.start(env.uri, env.experiment_id, run_name=run_name(p), tags=tags,
-                            resume_run_id=p.previous.run_id if p.previous else None,
+                            resume_run_id=p.previous.run_id if resumed else None,
                             description=_description(p))
-    if fresh:
+    logged: set[int] = set()
+    if not resumed:
+        if p.previous is not None:  # died before its first checkpoint: this run replaces it
+            supersede(rec, p.previous.run_id)
         _log_setup(rec, p, env)
         artifacts.log_dataset(rec, env.data, artifacts.dataset_source(p.cfg.dataset))
+        resolved = getattr(p.method, "resolved", None)  # values a method chose at build (DKD's beta)
+        if resolved:
+            rec.log_params({f"method.resolved.{k}": v for k, v in dict(resolved).items()})
     else:  # epochs saved in last.pt whose metrics never reached MLflow (killed in between)
         logged = logged_epochs(rec.client, rec.run_id)
         for h in p.member.result.history:
             if h["epoch"] + 1 not in logged:
                 rec.log_metrics(epoch_metrics(h), step=h["epoch"] + 1)
-    resolved = getattr(p.method, "resolved", None)  # values a method chose at build (DKD's beta)
-    if fresh and resolved:
-        rec.log_params({f"method.resolved.{k}": v for k, v in dict(resolved).items()})
-    p.member.callbacks = [ckpt, EpochMetrics(rec)]
+                logged.add(h["epoch"] + 1)
+    _log_record(rec, p)
+    p.member.callbacks = [ckpt, EpochMetrics(rec, logged=logged,
+                                             params=set(rec.run().data.params) if resumed else None)]
     reporter = TrialReporter.from_cfg(p.cfg.get("sweep"))
     if reporter is not None:
         p.member.callbacks.append(PruningReports(reporter, rec))
     return rec
+
+
+def supersede(rec: RunRecorder, old_run_id: str) -> None:
+    """Delete the run that ``rec``'s run replaces (MLflow keeps it, restorable, until ``mlflow gc``)."""
+    client = rec.client
+    with contextlib.suppress(Exception):
+        client.set_tag(old_run_id, "kdsweep.restarted_as", rec.run_id)
+        client.set_terminated(old_run_id, "KILLED")
+        client.delete_run(old_run_id)
+        log.info("MLflow run %s died before its first checkpoint: replaced by run %s",
+                 old_run_id, rec.run_id)
 
 
 def _description(p: Plan) -> str:
@@ -111,26 +148,33 @@ def _description(p: Plan) -> str:
 
 
 def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
-    rec.log_params({**flatten(p.masked),
+    # The sweep node is per attempt (the trial number changes when a killed trial is retried):
+    # it is in the run's tags and config.yaml, which are rewritten on every attempt, not params.
+    config = {k: v for k, v in p.masked.items() if k != "sweep"}
+    rec.log_params({**flatten(config),
                     "overrides": mask_text(" ".join(p.job.overrides)) or "(none)"})
     rec.set_tags({f"env.{k}": v for k, v in package_versions().items()})
-    rec.log_dict(p.masked, "config.yaml")
     costs = {**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
              "method_extra_params": p.method.extra_parameters()}
     if env.teacher_stats and p.method.needs_teacher:
         costs["compression_ratio"] = round(p.stats["student_params"]
                                            / env.teacher_stats["teacher_params"], 6)
     rec.log_params({f"cost.{k}": int(v) if float(v).is_integer() else v for k, v in costs.items()})
-    hydra_dir = p.job.output_dir / ".hydra"
-    if hydra_dir.is_dir():
-        rec.set_tags(preset_tags(hydra_dir))
-        rec.log_artifacts(hydra_dir, "hydra")
     t = env.teacher
     if t is not None and p.method.needs_teacher:
         rec.set_tags({"teacher_source": t.source, "teacher_path": mask_url(t.path),
                       "teacher_run_id": t.run_id or ""})
         if env.teacher_acc is not None:
             rec.log_params({"teacher.val_acc": round(env.teacher_acc, 4)})
+
+
+def _log_record(rec: RunRecorder, p: Plan) -> None:
+    """What describes this attempt: the composed config (with its sweep node) and Hydra's files."""
+    rec.log_dict(p.masked, "config.yaml")
+    hydra_dir = p.job.output_dir / ".hydra"
+    if hydra_dir.is_dir():
+        rec.set_tags(preset_tags(hydra_dir))
+        rec.log_artifacts(hydra_dir, "hydra")
 
 
 def preset_tags(hydra_dir: Path) -> dict[str, str]:
@@ -145,6 +189,30 @@ def preset_tags(hydra_dir: Path) -> dict[str, str]:
         return {}
     return {f"preset.{group}": str(value) for group, value in choices.items()
             if value is not None and not str(group).startswith("hydra")}
+
+
+def reuse(p: Plan, client: MlflowClient) -> RunResult:
+    """A sweep trial whose point ended before (its job was killed after its run ended, before the
+    sweeper recorded the trial): the run is relabelled as this trial's, its result returned."""
+    r = p.finished
+    tags = {**parent_tags(p.cfg.get("sweep")), OWNER_TAG: liveness.owner_tag()}
+    if p.job.label:
+        tags[LABEL_TAG] = p.job.label
+    rec = RunRecorder(client, r.info.run_id)
+    rec.set_tags(tags)
+    rec.client.update_run(r.info.run_id, name=run_name(p))
+    _log_record(rec, p)
+    print(f"kdsweep: {run_name(p)} ended before, in MLflow run {r.info.run_id}: its result is "
+          "reused", flush=True)
+    ckpt = Path(r.data.tags.get(RESUME_PATH_TAG, "")).with_name("best.pt")
+    m = r.data.metrics
+    if PRUNED_TAG in r.data.tags:
+        epoch = int(r.data.tags[PRUNED_TAG])
+        return RunResult(r.info.run_id, PRUNED, m.get("best_val_acc", float("nan")),
+                         m.get("final_val_acc", float("nan")), None, ckpt,
+                         Pruned(f"pruned at epoch {epoch} (before)", epoch))
+    return RunResult(r.info.run_id, DONE, m["best_val_acc"], m.get("final_val_acc", float("nan")),
+                     None, ckpt)
 
 
 def abort(plans: Sequence[Plan], err: BaseException) -> None:

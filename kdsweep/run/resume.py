@@ -6,8 +6,9 @@ bookkeeping). Re-running the same command finds the newest *unfinished* MLflow r
 (a ``kill -9`` leaves it RUNNING; an exception leaves it FAILED) whose process is gone, and:
 
 * when its ``last.pt`` (tag ``kdsweep.resume_path``) exists, continues from the epoch after it;
-* when the process died before the first checkpoint, reopens the same MLflow run and starts it
-  from epoch 1 (nothing of it was saved), instead of leaving it RUNNING forever beside a new one.
+* when the process died before the first checkpoint, starts the run again from epoch 1 as a new
+  MLflow run and deletes the old one (nothing of it was saved), instead of leaving it RUNNING
+  forever beside the new one (:func:`kdsweep.run.record.supersede`).
 
 Pruned runs are not resumed; ``resume=false`` always starts fresh.
 """
@@ -32,6 +33,7 @@ RUN_KEY_TAG = "kdsweep.run_key"
 RESUME_PATH_TAG = "kdsweep.resume_path"
 OWNER_TAG = "kdsweep.owner"  # host:pid:start of the process that last ran it
 PRUNED_TAG = "pruned_at_epoch"
+LABEL_TAG = "kdsweep.label"  # a sweep trial's label (``t05 alpha=0.4 T=4``), this attempt's
 # Config keys that do not change what a run computes.
 IGNORED = (("sweep",), ("train", "progress"), ("cpu_threads",), ("device",), ("tracking",),
            ("resume",), ("fuse",))
@@ -79,6 +81,25 @@ def find_resumable(client: MlflowClient, experiment_id: str, key: str) -> Previo
             return Previous(r, Path(path))
         if alive is False:  # died here before its first checkpoint: restart it in place
             return Previous(r, None)
+    return None
+
+
+def find_finished(client: MlflowClient, experiment_id: str, key: str,
+                  parent_run_id: str | None) -> Run | None:
+    """A sweep trial's run with ``key`` under the same parent run that already ended (finished,
+    or pruned): a trial whose job was killed after its run ended but before the sweeper recorded
+    the trial. Its point is not trained again; its result is reused. None outside sweeps."""
+    if not parent_run_id:
+        return None
+    runs = retry(client.search_runs, [experiment_id],
+                 f"tags.`{RUN_KEY_TAG}` = '{key}' and tags.`mlflow.parentRunId` = "
+                 f"'{parent_run_id}' and attributes.status != 'RUNNING'",
+                 order_by=["attributes.start_time DESC"], max_results=20)
+    for r in runs:
+        if r.info.status == "FINISHED" and "best_val_acc" in r.data.metrics:
+            return r
+        if r.info.status == "KILLED" and PRUNED_TAG in r.data.tags:
+            return r
     return None
 
 

@@ -34,6 +34,11 @@ class Claim:
     def pending(self) -> bool:
         return self.value.startswith(PENDING)
 
+    @property
+    def owner(self) -> str | None:
+        """``host:pid:start`` of the process that made a pending claim (None: unknown)."""
+        return self.value.split("@", 1)[1] if self.pending and "@" in self.value else None
+
 
 class Claims:
     def __init__(self, url: str, engine_kwargs: dict[str, Any] | None = None):
@@ -84,9 +89,11 @@ class Claims:
                             .values(value=new, claimed_at=time.time()))
         return res.rowcount == 1
 
-    def claim(self, study: str, key: str, current: Claim | None) -> str | None:
-        """Take ``key`` (free, or ``current`` was judged stale by the caller); returns a token."""
-        token = f"{PENDING}{uuid.uuid4().hex}"
+    def claim(self, study: str, key: str, current: Claim | None, owner: str = "") -> str | None:
+        """Take ``key`` (free, or ``current`` was judged stale by the caller); returns a token
+        that names ``owner`` (a process killed before it turned the claim into a trial number
+        leaves a pending claim that a later sweeper may retake at once)."""
+        token = f"{PENDING}{uuid.uuid4().hex}" + (f"@{owner}" if owner else "")
         if current is None:
             return token if self.insert(study, key, token) else None
         return token if self.swap(study, key, current.value, token) else None

@@ -123,15 +123,17 @@ class ParentRun:
             if children:
                 storage.set_trial_user_attr(trial_id, "mlflow_run_id", children[0].info.run_id)
 
-    def record_failure(self, number: int, study: str, reason: str, overrides: list[str]) -> None:
-        """Mark a failed trial's child run FAILED with the reason; create it if the trial failed
-        before starting one (a config error, say), so every trial shows up under the parent."""
+    def record_failure(self, number: int, study: str, reason: str, overrides: list[str],
+                       create: bool = True) -> None:
+        """Mark a failed trial's child run FAILED with the reason; with ``create``, create one if
+        the trial failed before starting one (a config error, say), so every failed trial shows
+        up under the parent."""
         reason, overrides = mask_text(reason), [mask_text(o) for o in overrides]
         children = self.child_of_trial(number)
-        if children:
+        if children or not create:
             for run in children:
-                self.client.set_tag(run.info.run_id, "kdsweep.error", reason[:5000])
-                if run.info.status == "RUNNING":
+                if run.info.status in ("RUNNING", "SCHEDULED"):
+                    self.client.set_tag(run.info.run_id, "kdsweep.error", reason[:5000])
                     self.client.set_terminated(run.info.run_id, "FAILED")
             return
         run = self.client.create_run(self.experiment_id, run_name=f"trial {number} (failed)", tags={

@@ -11,7 +11,6 @@ from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.trial import TrialState
 
 from kdsweep.sweep.parent import ParentRun
 from kdsweep.sweep.space import format_override, format_value
@@ -32,12 +31,14 @@ def write_sweep_json(info: Mapping[str, Any], folders: Iterable[Path], parent: P
 
 
 def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], study_dir: Path,
-              report: Mapping[str, Any]) -> None:
-    """Counts and the best trial on the parent run and stdout, then the report's tables."""
-    trials = study.get_trials(deepcopy=False)
-    counts = {s: sum(t.state == s for t in trials) for s in TrialState}
-    metrics = {"n_complete": counts[TrialState.COMPLETE], "n_pruned": counts[TrialState.PRUNED],
-               "n_failed": counts[TrialState.FAIL], "n_running": counts[TrialState.RUNNING]}
+              report: Mapping[str, Any], tally: Mapping[str, int]) -> None:
+    """Counts and the best trial on the parent run and stdout, then the report's tables.
+
+    ``tally``: what the sweep's points (a grid) or trials (a sampler) came to: ``complete``,
+    ``pruned``, ``failed``, ``running`` and ``interrupted`` (attempts whose sweeper was killed,
+    retried since or pending).
+    """
+    metrics = {f"n_{k}": int(v) for k, v in tally.items() if k != "points"}
     best = None
     with contextlib.suppress(ValueError):
         best = study.best_trial
@@ -55,9 +56,14 @@ def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], s
     results = {"name": study.study_name, "best_value": metrics.get("best_val_acc"),
                "best_params": dict(best.params) if best else None}
     (study_dir / "optimization_results.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(results)))
+    unit = "points" if tally.get("points") else "trials"
     lines = [f"kdsweep: study {study.study_name}: {metrics['n_complete']} complete, "
              f"{metrics['n_pruned']} pruned, {metrics['n_failed']} failed"
-             + (f", {metrics['n_running']} running" if metrics["n_running"] else "")]
+             + (f", {metrics['n_running']} running elsewhere" if metrics["n_running"] else "")
+             + (f", {metrics['n_not_run']} not run" if metrics.get("n_not_run") else "")
+             + f" ({unit})"
+             + (f"; {metrics['n_interrupted']} attempts were interrupted by a killed sweeper "
+                "and retried" if metrics.get("n_interrupted") else "")]
     if best is not None:
         lines.append(f"  best {best.value:.4g} (trial {best.number}): {tags['best.overrides']}")
     lines.append(f"  MLflow parent run {parent.run_id} (experiment {info['experiment']}) at "

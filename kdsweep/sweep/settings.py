@@ -45,6 +45,8 @@ class Context:
     add_threads: bool                                  # parallel CPU jobs: set cpu_threads
     launch: Callable[[list[list[str]]], list[Outcome]]
     compose: Callable[[list[str]], Mapping[str, Any]] | None = None
+    # The checks a run makes before any work, on a trial's composed config (raises one line).
+    check: Callable[..., None] | None = None
 
 
 @dataclass

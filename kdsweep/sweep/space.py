@@ -112,6 +112,14 @@ def grid_values(key: str, dist: BaseDistribution) -> list[Any]:
         f"{key}: the grid sampler needs choice() or range() values, not a continuous interval")
 
 
+def check_values(dist: BaseDistribution) -> list[Any]:
+    """The values of a distribution that a check before the sweep tries: every choice, or the
+    bounds of a range (a value between them is valid when both are, for the checks kdsweep makes)."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    return [dist.low, dist.high] if dist.low != dist.high else [dist.low]
+
+
 @dataclass
 class Point:
     """One grid point: ordered {override key: value}, and a label for the report."""

@@ -27,6 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kdsweep import liveness
-from kdsweep.errors import SweepError
+from kdsweep.errors import KDSweepError, SweepError
 from kdsweep.sweep import space as _space
 from kdsweep.sweep.claims import Claims
 from kdsweep.sweep.jobs import JobContext, JobSpec, plan_jobs
@@ -46,9 +47,67 @@ from kdsweep.sweep.settings import Context, Outcome, Settings, check_settings
 from kdsweep.sweep.space import Point, SearchSpaceError, format_override, suggest
 from kdsweep.sweep.storage import Heartbeat, TrialRef, job_url, make_storage, short, sqlite_kwargs
 from kdsweep.sweep.trial import STORAGE_ENV
-from kdsweep.tracking import mask_files, mask_url, open_store
+from kdsweep.tracking import check_reachable, mask_files, mask_url, open_store
 
 log = logging.getLogger(__name__)
+
+
+#: A grid of at most this many points is checked point by point before it starts; a larger one
+#: value by value (each value of each axis once, the other axes at their first value).
+PREFLIGHT_ALL_POINTS = 64
+
+
+def preflight_variants(space: _space.SearchSpace) -> list[list[str]]:
+    """The overrides to check before a sweep starts: every point of a small grid, else each
+    value of each swept key once (a sampler's ranges: their bounds)."""
+    if space.points is not None and (len(space.points) <= PREFLIGHT_ALL_POINTS or not space.axes):
+        return [p.overrides() for p in space.points]
+    if space.axes:
+        values = {k: list(v) for k, v in space.axes}
+    else:
+        values = {k: _space.check_values(d) for k, d in space.distributions.items()}
+    first = {k: v[0] for k, v in values.items()}
+    variants = [dict(first)]
+    for k, vs in values.items():
+        variants += [{**first, k: v} for v in vs[1:]]
+    return [[format_override(k, v) for k, v in var.items()] for var in variants]
+
+
+def preflight(space: _space.SearchSpace, ctx: Context) -> None:
+    """Refuse the sweep, in one line, if any trial it would run would be refused: the same
+    checks a single run gets (``Context.check``), on each trial's composed config."""
+    if ctx.check is None or ctx.compose is None:
+        return
+    for i, overrides in enumerate(preflight_variants(space)):
+        cfg = ctx.compose([*space.fixed, *overrides])
+        try:
+            ctx.check(cfg, reach=i == 0)
+        except KDSweepError as e:
+            where = f"sweep point {' '.join(overrides)}: " if overrides else ""
+            raise SweepError(f"{where}{e}") from None
+
+
+class TooManyFailures(SweepError):
+    """More trials of one batch failed than ``hydra.sweeper.max_failure_rate`` allows."""
+
+
+@dataclass
+class Ending:
+    """How a sweep call ended: ``unfinished`` of its ``total`` points (or trials) did not finish
+    (``failed`` of them failed; the rest were not run), and why it stopped early, if it did."""
+
+    unfinished: int
+    total: int
+    failed: int
+    stopped: str | None = None
+
+    def message(self, command: str) -> str:
+        """What a user reads when points are left: how many, why, and the command that retries."""
+        why = f" (stopped early: {self.stopped})" if self.stopped else ""
+        return (f"kdsweep: {self.unfinished} of {self.total} points did not finish: {self.failed} "
+                f"failed, {self.unfinished - self.failed} not run{why}. The reasons are in the "
+                f"log above and on each failed MLflow run (tag kdsweep.error). Re-run the same "
+                f"command to retry them (finished points are kept): {command}")
 
 POINT_ATTR = "kdsweep:point"
 OWNER_ATTR = "kdsweep:owner"
@@ -90,8 +149,9 @@ class Sweep:
             return getattr(optuna.samplers, name)(**kwargs)
 
     # ------------------------------------------------------------------------------ open
-    def run(self, arguments: Sequence[str], ctx: Context) -> None:
-        """Run the trials the study is missing. Bad settings raise :class:`SweepError`."""
+    def run(self, arguments: Sequence[str], ctx: Context) -> Ending:
+        """Run the trials the study is missing; returns how many of its points (or trials) are
+        still unfinished at the end. Bad settings raise :class:`SweepError`."""
         try:
             space = _space.build(self.s.params, arguments, grid=self.is_grid, points=self.s.points)
         except SearchSpaceError as e:
@@ -106,6 +166,9 @@ class Sweep:
             make_pruner(self.s.pruner)  # fail now on a bad pruner config, not in a trial
         except (TypeError, ValueError) as e:
             raise SweepError(f"hydra.sweeper.pruner: {e}") from None
+        if self.s.storage:
+            check_reachable(self.s.storage)
+        preflight(space, ctx)  # every value of every swept key, before anything is written
         self.space, self.ctx = space, ctx
         study_name = self.s.study_name or f"sweep-{space.identity()}"
         study_dir = Path(self.s.study_dir) if self.s.study_dir else Path("multirun") / study_name
@@ -144,9 +207,12 @@ class Sweep:
         mask_files(ctx.sweep_dir.glob("*.yaml"))  # Hydra's multirun.yaml holds the command line
         os.environ[STORAGE_ENV] = job_url(url)  # trials report here; never in an override
         self.heartbeat = Heartbeat(url, self.s.heartbeat_interval)
-        status = "FAILED"
+        status, stopped = "FAILED", None
         try:
-            self._loop()
+            try:
+                self._loop()
+            except TooManyFailures as e:  # stop launching; the summary says what is left
+                stopped = str(e)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -155,10 +221,14 @@ class Sweep:
             self.heartbeat.stop()
             for t in list(self.in_flight.values()):  # interrupted: let the next call rerun them
                 self._finish(t, TrialState.FAIL, reason="sweep interrupted")
+            tally = self._tally()
             with contextlib.suppress(Exception):
-                summarise(self.study, self.parent, self.info, self.study_dir, self.s.report)
-            self.parent.end(status)
+                summarise(self.study, self.parent, self.info, self.study_dir, self.s.report, tally)
+            unfinished = max(0, self.n_total - tally["complete"] - tally["pruned"]
+                             - tally["running"])
+            self.parent.end("FAILED" if unfinished and status == "FINISHED" else status)
             self.claims.dispose()
+        return Ending(unfinished, self.n_total, tally["failed"], stopped)
 
     def _define_study(self) -> None:
         study = self.study
@@ -210,10 +280,17 @@ class Sweep:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)
+        now = time.time()
         for t in self.study.get_trials(deepcopy=False, states=running):
             owner = t.system_attrs.get(OWNER_ATTR)
-            if t.number in self.in_flight or not owner or liveness.alive(owner) is not False:
+            if t.number in self.in_flight:
                 continue
+            if owner:
+                if liveness.alive(owner) is not False:
+                    continue
+            elif t.datetime_start is None or \
+                    now - t.datetime_start.timestamp() < self.s.grace_period:
+                continue  # no owner yet: killed between ask() and naming its owner, or just made
             with contextlib.suppress(Exception):
                 tid = self._trial_id(t.number)
                 self.storage.set_trial_user_attr(tid, "error", DEAD)
@@ -223,10 +300,35 @@ class Sweep:
             if t.number in before and t.user_attrs.get("error") in (None, DEAD):
                 log.warning("trial %d was left RUNNING by a sweeper that died: marked FAILED, its "
                             "point will run again", t.number)
+                # Its runs are closed (the next attempt resumes them); a trial that died before
+                # starting one gets no placeholder run: it did not fail, it was interrupted.
                 with contextlib.suppress(Exception):
                     self.parent.record_failure(t.number, self.study.study_name, f"{DEAD} (stale "
-                                               "trial)", [format_override(k, v)
-                                                          for k, v in t.params.items()])
+                                               "trial)", [], create=False)
+
+    def _tally(self) -> dict[str, int]:
+        """Where the sweep stands: per point for a grid (a point counts as its best attempt:
+        complete, pruned, running elsewhere, failed, or not run), per trial otherwise. Attempts
+        whose sweeper died (``interrupted``) are counted apart: they are retried, not failures."""
+        trials = self.study.get_trials(deepcopy=False)
+        interrupted = sum(t.state == TrialState.FAIL and str(t.user_attrs.get("error", ""))
+                          .startswith(DEAD) for t in trials)
+        if self.space.points is None:
+            n = {s: sum(t.state == s for t in trials) for s in TrialState}
+            return {"complete": n[TrialState.COMPLETE], "pruned": n[TrialState.PRUNED],
+                    "failed": n[TrialState.FAIL] - interrupted, "running": n[TrialState.RUNNING],
+                    "interrupted": interrupted, "points": 0}
+        rank = {TrialState.COMPLETE: 4, TrialState.PRUNED: 3, TrialState.RUNNING: 2,
+                TrialState.WAITING: 2, TrialState.FAIL: 1}
+        best: dict[str, int] = {}
+        for t in trials:
+            key = self._point_key(t)
+            if key is not None:
+                best[key] = max(best.get(key, 0), rank.get(t.state, 0))
+        points = [best.get(p.key, 0) for p in self.space.points]
+        return {"complete": points.count(4), "pruned": points.count(3),
+                "running": points.count(2), "failed": points.count(1),
+                "not_run": points.count(0), "interrupted": interrupted, "points": len(points)}
 
     # ------------------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -262,7 +364,7 @@ class Sweep:
             failures = sum(self._tell(j, o) for j, o in zip(jobs, outcomes, strict=True))
             budget -= len(batch)
             if failures and failures / len(batch) > self.s.max_failure_rate:
-                raise SweepError(f"{failures} of {len(batch)} trials failed, more than "
+                raise TooManyFailures(f"{failures} of {len(batch)} trials failed, more than "
                                  f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}")
 
     def _track(self, t: TrialRef) -> None:
@@ -286,7 +388,7 @@ class Sweep:
             current = claims.get(p.key)
             if current is not None and not self._claim_is_free(current, by_number):
                 continue
-            token = self.claims.claim(name, p.key, current)
+            token = self.claims.claim(name, p.key, current, owner=liveness.owner_tag())
             if token is None:
                 continue  # another sweeper took it just now
             frozen = optuna.trial.create_trial(
@@ -308,7 +410,9 @@ class Sweep:
 
     def _claim_is_free(self, claim: Any, by_number: Mapping[int, optuna.trial.FrozenTrial]) -> bool:
         """A claim can be retaken when its trial failed (or a pending claim is long stale)."""
-        if claim.pending:
+        if claim.pending:  # made by a sweeper that died before it created the trial?
+            if liveness.alive(liveness.parse_tag(claim.owner)) is False:
+                return True
             return time.time() - claim.claimed_at > self.s.grace_period
         value = str(claim.value)
         if not value.startswith("#") or not value[1:].isdigit():
@@ -395,4 +499,4 @@ class Sweep:
         return 1
 
 
-__all__ = ["Context", "Outcome", "Settings", "Sweep", "check_settings"]
+__all__ = ["Context", "Ending", "Outcome", "Settings", "Sweep", "check_settings"]

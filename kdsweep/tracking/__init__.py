@@ -18,6 +18,7 @@ from kdsweep.tracking.retries import retry
 from kdsweep.tracking.secrets import mask_files, mask_text, mask_tree, mask_url
 from kdsweep.tracking.store import (
     absolute_uri,
+    check_reachable,
     check_uri,
     open_store,
     runs_link,
@@ -31,6 +32,7 @@ __all__ = [
     "RunRecorder",
     "absolute_uri",
     "canonical",
+    "check_reachable",
     "check_uri",
     "find_best_run",
     "flatten",

@@ -22,6 +22,7 @@ from kdsweep.tracking.params import canonical
 from kdsweep.tracking.retries import retry
 from kdsweep.tracking.secrets import mask_text, mask_tree
 
+ERROR_TAG = "kdsweep.error"  # why a run failed
 BATCH = 100  # MLflow's limit of params/tags/metrics per log_batch request (of one kind)
 
 
@@ -35,10 +36,13 @@ class RunRecorder:
     def start(cls, uri: str, experiment_id: str, *, run_name: str | None, tags: Mapping[str, Any],
               resume_run_id: str | None = None, description: str | None = None) -> RunRecorder:
         client = MlflowClient(tracking_uri=uri)
-        if resume_run_id:
-            retry(client.update_run, resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if resume_run_id:  # this attempt's name and tags; a reason it failed before is gone
+            retry(client.update_run, resume_run_id, status=RunStatus.to_string(RunStatus.RUNNING),
+                  name=run_name)
             rec = cls(client, resume_run_id)
             rec.set_tags(tags)
+            if ERROR_TAG in retry(client.get_run, resume_run_id).data.tags:
+                retry(client.delete_tag, resume_run_id, ERROR_TAG)
             return rec
         all_tags = dict(tags)
         if description:

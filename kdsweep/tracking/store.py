@@ -56,6 +56,57 @@ def check_uri(uri: str) -> None:
                             f"http(s)://SERVER, file:///DIR or a directory")
 
 
+#: Seconds to wait for a tracking server to accept a connection before the run is refused.
+CONNECT_TIMEOUT = 5.0
+_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def server_address(uri: str) -> tuple[str, int] | None:
+    """``(host, port)`` of the server behind a tracking URI (None: a file, SQLite, a local
+    socket, or a scheme without one)."""
+    from sqlalchemy.engine import make_url
+
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in _PORTS:
+        return None
+    try:
+        if scheme in ("http", "https"):
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(uri)
+            host, port = parts.hostname, parts.port
+        else:
+            url = make_url(uri)
+            host, port = url.host, url.port
+    except Exception:  # malformed: MLflow's own error says why, later
+        return None
+    return (host, int(port or _PORTS[scheme])) if host else None
+
+
+def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, in seconds, a tracking server that does not accept a connection.
+
+    MLflow retries a refused HTTP request with exponential backoff for minutes, and a database
+    server's connection for longer; a server that is down is a configuration problem, so one TCP
+    connection decides first. A server that accepts the connection but answers slowly is still
+    retried by MLflow (urllib3 logs each retry as a warning).
+    """
+    import socket
+
+    address = server_address(uri)
+    if address is None:
+        return
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        raise TrackingError(f"tracking.uri={mask_url(uri)}: the tracking server at "
+                            f"{address[0]}:{address[1]} cannot be reached ({why}, within "
+                            f"{timeout:g} s); start it, or set tracking.uri to a reachable "
+                            "store (default sqlite:///mlflow.db)") from None
+
+
 def sqlite_path(uri: str) -> Path | None:
     if uri.startswith("sqlite:///"):
         path = uri[len("sqlite:///"):].split("?", 1)[0]
@@ -147,6 +198,7 @@ def open_store(uri: str, experiment: str, lock_dir: str | Path = ".kdsweep/locks
     path = sqlite_path(uri)
     if path is not None:
         check_sqlite_file(path, uri)
+    check_reachable(uri)
     with _lock_for(uri, Path(lock_dir)):
         try:
             if path is not None:

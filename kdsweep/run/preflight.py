@@ -1,0 +1,66 @@
+"""Every check a run makes before any work, in one place: a composed config in, one line out.
+
+Three callers make the same checks, so a value refused in one place is refused in all:
+
+* the pipeline (:func:`kdsweep.run.pipeline.run_cohort`), for each member of a cohort;
+* ``run.py``, before Hydra starts: a refused single run writes nothing (no output folder, no
+  MLflow store), and so does a sweep of Hydra's own sweepers (each value of each swept key);
+* the kdsweep sweeper, for every value of every sweep before it creates its study, its MLflow
+  parent run or any folder (:mod:`kdsweep.sweep.study`).
+
+What is checked: keys and value ranges and the rules across keys (:func:`kdsweep.config.validate`),
+model names, the data set's values and files, the method's hyper-parameters, teacher and student
+checkpoint files, ``student.adapt``, the tracking URI (scheme, SQLite file, a server that accepts
+connections), and for ``experiment=reducenet`` each of its three stages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from kdsweep.config import validate
+from kdsweep.data import check_dataset
+from kdsweep.engine import check_checkpoint_file
+from kdsweep.methods import Method, create_method
+from kdsweep.run import adapt
+from kdsweep.tracking import check_reachable, check_uri, sqlite_path
+from kdsweep.tracking.store import check_sqlite_file
+
+
+def check_run(cfg: DictConfig) -> Method:
+    """The checks of one run (one stage); returns its method (its hyper-parameters checked)."""
+    validate(cfg)
+    check_dataset(cfg.dataset)
+    method = create_method(cfg.method)
+    checkpoint = cfg.teacher.get("checkpoint") if cfg.get("teacher") else None
+    if method.needs_teacher and checkpoint:
+        check_checkpoint_file(checkpoint)
+    adapt.check(cfg, method)  # student.init / student.adapt
+    uri = str(cfg.tracking.uri)
+    check_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        check_sqlite_file(path, uri)
+    return method
+
+
+def check(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (),
+          *, reach: bool = True) -> None:
+    """Everything a job would refuse before its work (``reach``: also that a tracking server
+    accepts connections). Raises a :class:`~kdsweep.errors.KDSweepError` (one line)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    if cfg.get("reducenet") is not None:  # experiment=reducenet: each of its stages
+        from kdsweep.run.stages import check as check_stages
+
+        check_stages(cfg, overrides)
+    else:
+        check_run(cfg)
+    if reach:
+        check_reachable(str(cfg.tracking.uri))
+
+
+__all__ = ["check", "check_run"]
