@@ -233,3 +233,44 @@ def test_a_broken_store_with_runs_is_refused_in_one_line(tmp_path):
     with pytest.raises(TrackingError, match="mlflow db upgrade") as e:
         open_store(f"sqlite:///{db}", "kdsweep", tmp_path / "locks")
     assert "\n" not in str(e.value) and db.exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:{port}",
+                                 "postgresql://kd:secret@127.0.0.1:{port}/mlflow"])
+def test_an_unreachable_tracking_server_is_refused_in_seconds(uri, tmp_path):
+    """A refused connection is one line (password masked), exit status 2, well under 15 s, and
+    nothing is written; MLflow alone retries for minutes."""
+    import time
+
+    uri = uri.format(port=_closed_port())
+    started = time.monotonic()
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), f"tracking.uri={uri}"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    seconds = time.monotonic() - started
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "cannot be reached" in p.stderr and "secret" not in p.stderr + p.stdout
+    assert seconds < 15, seconds
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_command_line_check_runs_every_check_a_run_makes(tmp_path, monkeypatch):
+    """Values Hydra composes but a run refuses (ranges, files) are refused by the same check."""
+    from kdsweep.config.cli import check
+    from kdsweep.run.preflight import check as preflight
+
+    monkeypatch.chdir(tmp_path)
+    conf = ROOT / "conf"
+    assert "method.alpha=1.5 is out of range" in check(["method.alpha=1.5"], conf, preflight=preflight)
+    assert "method.alpha=1.5" in check(["-m", "method.alpha=0.5,1.5"], conf, preflight=preflight)
+    assert "does not exist" in check(["teacher.checkpoint=nope.pt"], conf, preflight=preflight)
+    assert "cifar10: no data under" in check(["dataset=cifar10"], conf, preflight=preflight)
+    assert check(["--cfg", "job", "dataset=cifar10"], conf, preflight=preflight) is None
+    assert check(["method.alpha=0.5"], conf, preflight=preflight) is None

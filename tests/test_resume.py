@@ -128,9 +128,10 @@ def test_a_run_whose_process_is_alive_is_not_taken_over():
     assert liveness.alive(liveness.owner()) is True
 
 
-def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
-    """Killed after its MLflow run exists but before any last.pt: the re-run reopens that run
-    (it is not left RUNNING forever beside a new one) and finishes it."""
+def test_sigkill_before_the_first_checkpoint_restarts_the_run(tmp_path):
+    """Killed after its MLflow run exists but before any last.pt: the re-run starts it again as
+    a new run and deletes the old one (not left RUNNING forever beside the new one, and no step
+    or param of the dead attempt is mixed into the new run)."""
     teacher = tmp_path / "teacher.pt"
     save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
                               "model": create_model("resnet8", num_classes=10).state_dict()})
@@ -148,10 +149,14 @@ def test_sigkill_before_the_first_checkpoint_restarts_the_same_run(tmp_path):
         except Exception:
             continue
     assert not list(tmp_path.glob("outputs/*/*/checkpoints/last.pt"))
+    (old,) = client.search_runs([exp.experiment_id])
     p.send_signal(signal.SIGKILL)
     p.wait()
     out = finished(launch(tmp_path, args))
-    assert "restarting MLflow run" in out
-    _, r = only_run(tmp_path)
-    assert r.info.status == "FINISHED"
+    assert f"MLflow run {old.info.run_id} died before its first checkpoint" in out
+    _, r = only_run(tmp_path)  # the active runs: the new one only
+    assert r.info.status == "FINISHED" and r.info.run_id != old.info.run_id
     assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/acc")) == [1]
+    gone = client.get_run(old.info.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert gone.data.tags["kdsweep.restarted_as"] == r.info.run_id

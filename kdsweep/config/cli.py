@@ -127,7 +127,8 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config",
             for overrides in variants:
                 cfg = compose(args.config_name or config_name, overrides=overrides,
                               return_hydra_config=True)
-                if preflight is not None and not (multirun and _kdsweep_sweeper(cfg)):
+                if preflight is not None and not args.cfg and not (
+                        multirun and _kdsweep_sweeper(cfg)):  # --cfg only prints the config
                     preflight(_without_hydra(cfg), overrides)
     except KDSweepError as err:
         return str(err)

@@ -87,6 +87,16 @@ def validate(cfg: Mapping[str, Any]) -> None:
             _positive(f"schedule.{key}", s.get(key), allow_zero=True)
     if float(s.get("momentum") or 0) >= 1:
         raise ConfigError(f"schedule.momentum={s.get('momentum')!r} must be in [0, 1)")
+    if float(s.get("weight_decay") or 0) > 1:
+        raise ConfigError(f"schedule.weight_decay={s.get('weight_decay')!r} must be in [0, 1]")
+    if s.get("gamma") is not None and not 0 < float(s["gamma"]) <= 1:
+        raise ConfigError(f"schedule.gamma={s['gamma']!r} must be in (0, 1]: the LR's factor at "
+                          "each milestone")
+    if float(s.get("min_lr") or 0) > float(s["lr"]):
+        raise ConfigError(f"schedule.min_lr={s['min_lr']!r} must not exceed schedule.lr="
+                          f"{s['lr']!r}")
+    for m in s.get("milestones") or []:  # epochs, or fractions of training (< 1)
+        _positive("schedule.milestones", m, allow_zero=True)
     if float(s.get("warmup_epochs") or 0) >= epochs:
         raise ConfigError(
             f"schedule.warmup_epochs={float(s.get('warmup_epochs')):g} must be shorter than "
@@ -95,6 +105,14 @@ def validate(cfg: Mapping[str, Any]) -> None:
     wsf = s.get("warmup_start_factor")
     if wsf is not None and not 0 < float(wsf) <= 1:
         raise ConfigError(f"schedule.warmup_start_factor={wsf!r} must be in (0, 1]")
+    teacher = cfg.get("teacher") or {}
+    if teacher.get("min_val_acc") is not None:
+        _positive("teacher.min_val_acc", teacher["min_val_acc"], allow_zero=True)
+        if float(teacher["min_val_acc"]) > 100:
+            raise ConfigError(f"teacher.min_val_acc={teacher['min_val_acc']!r} must be in "
+                              "[0, 100] (a validation accuracy, %)")
+    _int_in("sweep.trial_number", (cfg.get("sweep") or {}).get("trial_number"), 0, 2**31,
+            nullable=True)
     _int_in("cpu_threads", cfg.get("cpu_threads"), 1, MAX_THREADS, nullable=True)
     _int_in("seed", cfg.get("seed", 0), 0, 2**63 - 1)
     _int_in("train.checkpoint_every", cfg["train"].get("checkpoint_every", 1), 0, MAX_EPOCHS)

@@ -44,7 +44,9 @@ class SweepRecord(Callback):
             return
         from mlflow.tracking import MlflowClient
 
+        from kdsweep import liveness
         from kdsweep.data.build import launch_dir
+        from kdsweep.sweep.parent import OWNER_TAG, close_dead_parents
         from kdsweep.sweep.space import SearchSpaceError, build
         from kdsweep.tracking import absolute_uri, mask_tree, mask_url, open_store
 
@@ -52,9 +54,11 @@ class SweepRecord(Callback):
         experiment_id = open_store(uri, str(config.tracking.experiment),
                                    launch_dir() / str(config.tracking.lock_dir))
         sweep_dir = _sweep_dir(config)
-        run = MlflowClient(uri).create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
-                                           tags={"kdsweep.role": "sweep",
-                                                 "kdsweep.study": sweep_dir.name})
+        client = MlflowClient(uri)
+        close_dead_parents(client, experiment_id)
+        run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}",
+                                tags={"kdsweep.role": "sweep", "kdsweep.study": sweep_dir.name,
+                                      OWNER_TAG: liveness.owner_tag()})
         self.parent = (uri, run.info.run_id)
         os.environ[PARENT_ENV] = run.info.run_id
         try:
@@ -95,6 +99,7 @@ class SweepRecord(Callback):
 
             print(f"kdsweep: {len(failed)} of {len(children)} runs of this sweep failed (reasons "
                   "above and on each run, tag kdsweep.error); re-run the same command to retry "
-                  f"them (finished runs are trained again): {shlex.join(['python', *sys.argv])}",
+                  f"them (Hydra's basic sweeper trains every run again; hydra/sweeper=kdsweep_optuna keeps "
+                  f"finished points): {shlex.join(['python', *sys.argv])}",
                   file=sys.stderr, flush=True)
             sys.exit(EXIT_INCOMPLETE)

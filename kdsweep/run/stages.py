@@ -38,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.config.cohort import cohort_key
+from kdsweep.config.validate import MAX_EPOCHS
 from kdsweep.data import DataBundle, build_data
 from kdsweep.data.build import launch_dir
 from kdsweep.engine import DONE, resolve_device
@@ -84,10 +85,16 @@ def reducenet_conf(node: Any) -> ReduceNetConf:
                           + ", ".join(map(str, EXPANSIONS)))
     for key in ("small_epochs", "grow_epochs"):
         v = getattr(c, key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ConfigError(f"reducenet.{key}={v!r} must be a positive integer or null")
-    if isinstance(c.rank, bool) or not isinstance(c.rank, int) or c.rank < 0:
-        raise ConfigError(f"reducenet.rank={c.rank!r} must be an integer >= 0 (0: no LoRA)")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or not 1 <= v <= MAX_EPOCHS):
+            raise ConfigError(f"reducenet.{key}={v!r} must be an integer in [1, {MAX_EPOCHS}] "
+                              "or null")
+    if isinstance(c.rank, bool) or not isinstance(c.rank, int) or not 0 <= c.rank <= 4096:
+        raise ConfigError(f"reducenet.rank={c.rank!r} must be an integer in [0, 4096] (0: no "
+                          "LoRA)")
+    if not (isinstance(c.anneal, (int, float)) and 0 < c.anneal <= 1):
+        raise ConfigError(f"reducenet.anneal={c.anneal!r} must be in (0, 1]: lambda must reach 1 "
+                          "by the end of stage 3")
     if c.lambda_relu and c.rank == 0:
         raise ConfigError("reducenet.lambda_relu=true needs LoRA branches: set reducenet.rank >= 1 "
                           "or reducenet.lambda_relu=false")

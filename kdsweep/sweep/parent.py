@@ -17,6 +17,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from kdsweep import liveness
 from kdsweep.sweep.claims import Claims
 from kdsweep.tracking import mask_text, mask_url, retry
 
@@ -26,6 +27,22 @@ PARENT_KEY = "__mlflow_parent_run__"
 STUDY_TAG = "kdsweep.study"
 STORAGE_TAG = "kdsweep.storage"
 ROLE_TAG = "kdsweep.role"
+
+
+OWNER_TAG = "kdsweep.owner"  # host:pid:start of the sweeper process that holds the parent run
+
+
+def close_dead_parents(client: MlflowClient, experiment_id: str) -> None:
+    """Sweep parent runs left RUNNING by a sweeper process that died (on this host) are ended
+    FAILED with the reason; a later run of the same study reopens its own."""
+    with contextlib.suppress(Exception):
+        runs = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' and "
+                                  "attributes.status = 'RUNNING'", max_results=1000)
+        for r in runs:
+            if liveness.alive(liveness.parse_tag(r.data.tags.get(OWNER_TAG))) is False:
+                client.set_tag(r.info.run_id, "kdsweep.error", "its sweeper process died")
+                client.set_terminated(r.info.run_id, "FAILED")
+                log.info("closed sweep parent run %s: its sweeper process died", r.info.run_id)
 
 
 class ParentRun:
@@ -76,9 +93,12 @@ class ParentRun:
                 assert winner is not None
                 self.run_id = winner.value
             log.info("MLflow parent run %s for study %s", self.run_id, study)
+        close_dead_parents(self.client, self.experiment_id)
         self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if "kdsweep.error" in self.client.get_run(self.run_id).data.tags:
+            self.client.delete_tag(self.run_id, "kdsweep.error")
         self.log_params(params)
-        self.set_tags(tags)
+        self.set_tags({**tags, OWNER_TAG: liveness.owner_tag()})
         return self.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
