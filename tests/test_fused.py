@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_sweeper import TINY, _cmd, _env, parent_and_children, study_of, sweep
 
@@ -41,6 +42,15 @@ def test_fused_sweep_equals_the_unfused_one(tmp_path, teacher):
     a = write_report(tmp_path / "multirun" / "solo", log_to_parent=False).tables[0].markdown("x")
     b = write_report(tmp_path / "multirun" / "fused", log_to_parent=False).tables[0].markdown("x")
     assert a == b
+    # Each member's record holds its own point: label tag, run name and config.yaml's sweep node
+    client, _, children = parent_and_children(tmp_path, "fused")
+    for c in children:
+        own = f"alpha={c.data.params['method.alpha']} T={c.data.params['method.T']}"
+        config = OmegaConf.load(client.download_artifacts(c.info.run_id, "config.yaml"))
+        assert c.data.tags["kdsweep.label"].endswith(own) and own in c.info.run_name
+        assert config.sweep.label == c.data.tags["kdsweep.label"]
+        assert config.sweep.trial_number == int(c.data.tags["optuna.trial"])
+        assert not any(k.startswith("sweep.") for k in c.data.params)
 
 
 def test_incompatible_trials_are_split_into_jobs(tmp_path, teacher):

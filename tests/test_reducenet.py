@@ -254,9 +254,13 @@ def test_an_unfinished_stage_is_resumed_in_its_run(compose, experiment, tmp_path
     ("reducenet", "reduce20", "embedded", "kd", True, 4),
     ("reducenet_cifar10", "reduce20", "cifar10", "ce", False, 0),  # the README's recipe
 ])
-def test_presets_compose_and_debug_smoke_runs_reducenet8(compose, capsys, preset, student, dataset,
-                                                         method, small, rank):
-    cfg = compose([f"experiment={preset}"])
+def test_presets_compose_and_debug_smoke_runs_reducenet8(compose, capsys, tmp_path, preset, student,
+                                                         dataset, method, small, rank):
+    root = []
+    if dataset == "cifar10":  # the check before any work looks for the data set's files
+        (tmp_path / "cifar-10-batches-py").mkdir()
+        root = [f"dataset.root={tmp_path}"]
+    cfg = compose([f"experiment={preset}", *root])
     assert (cfg.student.name, cfg.dataset.name, cfg.method.name) == (student, dataset, method)
     assert (cfg.reducenet.small, cfg.reducenet.rank, cfg.reducenet.expansion) == (small, rank, 1)
     assert OmegaConf.is_missing(cfg.teacher, "name")
@@ -265,7 +269,7 @@ def test_presets_compose_and_debug_smoke_runs_reducenet8(compose, capsys, preset
         s = cfg.schedule
         assert (s.epochs, s.lr, s.nesterov, s.weight_decay, s.batch_size) == (200, 0.1, True, 1e-4, 128)
     # debug=smoke's small models (resnet14 -> resnet8) become ReduceNet-8
-    net = stages.check(compose([f"experiment={preset}", "debug=smoke"]))
+    net = stages.check(compose([f"experiment={preset}", "debug=smoke", *root]))
     assert (net.teacher, net.student) == ("reduce8", "resnet8")
     assert "teacher resnet14 (set by a preset or overlay) is replaced" in capsys.readouterr().out
 
@@ -293,7 +297,7 @@ def test_student_adapt_is_checked_before_any_work(compose, mlflow_uri, tmp_path,
     ("student=reduce20_e2", "use student=reduce20 reducenet.expansion=2"),
     ("teacher=resnet56", "the teacher is stage 2's network, reduce20"),
     ("method.alpha=1.5", "method.alpha=1.5 is out of range"),
-    ("reducenet.anneal=0", "student.adapt.anneal=0.0 must be in (0, 1]"),
+    ("reducenet.anneal=0", "reducenet.anneal=0.0 must be in (0, 1]"),
     ("reducenet.rank=0", "reducenet.lambda_relu=true needs LoRA branches"),
     ("+reducenet.teacher_schedule.lrr=1", "reducenet.teacher_schedule has no key 'lrr'"),
 ])

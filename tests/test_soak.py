@@ -4,7 +4,8 @@ with the same command after each kill, then checked point by point.
 The moments: (1) a job has opened its members' MLflow runs but no member has saved a checkpoint,
 (2) mid-training (some members have a checkpoint), (3) some trials are complete and others run,
 (4) every trial is complete (the sweeper is closing the study and writing the report). The last
-rerun runs uninterrupted. Then every point of the grid must have exactly one COMPLETE trial and
+rerun runs uninterrupted. Both stores are tried: SQLite files, and PostgreSQL (a private server,
+tests/pg_server.py) for the study and the MLflow runs. Then every point of the grid must have exactly one COMPLETE trial and
 exactly one FINISHED MLflow run, carrying its own values (params, label, ``config.yaml``), every
 per-epoch metric step exactly once, and nothing left RUNNING (trials, member runs, parent run).
 """
@@ -16,13 +17,17 @@ import signal
 import sqlite3
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-from test_sweeper import TINY, _cmd, _env, parent_and_children, study_of
+from test_sweeper import TINY, _cmd, _env, study_of
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["pg_server"]  # the postgres_server fixture (skips where none can start)
 
 EPOCHS = 3
 ALPHAS, TS = (0.3, 0.6, 0.9), (2, 8)
@@ -33,21 +38,42 @@ ARGS = ["hydra/sweeper/sampler=grid", f"method.alpha=choice({','.join(map(str, A
         "hydra/launcher=local"]
 
 
-def _count(db: Path, sql: str) -> int:
-    """A read of a store that the sweep is writing (0 while it does not exist yet)."""
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-            return int(con.execute(sql).fetchone()[0])
-    except sqlite3.Error:
-        return 0
+@dataclass
+class Stores:
+    """Where the sweep keeps its study and its MLflow runs (SQLite files, or PostgreSQL)."""
+
+    mlflow: str
+    optuna: str | None  # None: the study's default SQLite file under multirun/<study>/
+
+    def count(self, which: str, sql: str, tmp_path: Path) -> int:
+        """A read of a store the sweep is writing (0 while it does not exist yet)."""
+        url = self.mlflow if which == "mlflow" else self.optuna
+        if url is None or url.startswith("sqlite"):
+            db = (Path(url[len("sqlite:///"):]) if url else
+                  tmp_path / "multirun" / "soak" / "optuna.db")
+            if not db.exists():
+                return 0
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+                    return int(con.execute(sql).fetchone()[0])
+            except sqlite3.Error:
+                return 0
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as c:
+                return int(c.execute(sa.text(sql)).scalar())
+        except sa.exc.SQLAlchemyError:
+            return 0
+        finally:
+            engine.dispose()
 
 
-def _run_until(tmp_path: Path, args: list[str], moment, what: str) -> None:
+def _run_until(tmp_path: Path, args: list[str], env: dict[str, str], moment, what: str) -> None:
     """Start the sweep, wait for ``moment()``, then SIGKILL its whole process group."""
     log = (tmp_path / f"sweep-{len(list(tmp_path.glob('sweep-*.log')))}.log").open("w")
-    proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(tmp_path), stdout=log,
+    proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 300
     try:
@@ -65,49 +91,68 @@ def _run_until(tmp_path: Path, args: list[str], moment, what: str) -> None:
         log.close()
 
 
-def test_fused_parallel_sweep_survives_kill_9_at_any_moment(tmp_path, teacher):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def stores(request, tmp_path) -> Stores:
+    if request.param == "sqlite":
+        return Stores(f"sqlite:///{tmp_path / 'mlflow.db'}", None)
+    pg = request.getfixturevalue("postgres_server")
+    suffix = tmp_path.name.replace("-", "_").lower()[-20:]
+    return Stores(pg.url(pg.create_database(f"soak_mlflow_{suffix}"), driver="psycopg"),
+                  pg.url(pg.create_database(f"soak_optuna_{suffix}"), driver="psycopg"))
+
+
+def test_fused_parallel_sweep_survives_kill_9_at_any_moment(tmp_path, teacher, stores):
     args = [*ARGS, f"teacher.checkpoint={teacher}"]
-    mlflow_db, optuna_db = tmp_path / "mlflow.db", tmp_path / "multirun" / "soak" / "optuna.db"
+    if stores.optuna:
+        args.append(f"hydra.sweeper.storage={stores.optuna}")
+    env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": stores.mlflow}
     n_points = len(ALPHAS) * len(TS)
 
     def checkpoints() -> int:
         return len(list(tmp_path.glob("multirun/**/checkpoints/last.pt")))
 
     def member_runs() -> int:
-        return _count(mlflow_db, "select count(*) from tags where key = 'optuna.trial'")
+        return stores.count("mlflow", "select count(*) from tags where key = 'optuna.trial'",
+                            tmp_path)
 
     def complete() -> int:
-        return _count(optuna_db, "select count(*) from trials where state = 'COMPLETE'")
+        return stores.count("optuna", "select count(*) from trials where state = 'COMPLETE'",
+                            tmp_path)
 
     # (1) a job started its members' runs, none has a checkpoint yet
-    _run_until(tmp_path, args, lambda: member_runs() >= 1 and checkpoints() == 0,
+    _run_until(tmp_path, args, env, lambda: member_runs() >= 1 and checkpoints() == 0,
                "a member run open before any checkpoint")
-    # (2) mid-training: a member saved a checkpoint, not every trial is done
-    start = checkpoints()
-    _run_until(tmp_path, args, lambda: checkpoints() > start, "a new checkpoint")
-    # (3) some trials complete, others not
-    _run_until(tmp_path, args, lambda: 0 < complete() < n_points or complete() >= n_points,
-               "a complete trial")
-    # (4) every trial complete: the sweeper is summarising and writing the report
-    _run_until(tmp_path, args, lambda: complete() >= n_points, "every trial complete")
+    if stores.optuna is None:  # (PostgreSQL: moments 1 and 3, to keep the suite short)
+        # (2) mid-training: a member saved a checkpoint, not every trial is done
+        start = checkpoints()
+        _run_until(tmp_path, args, env, lambda: checkpoints() > start, "a new checkpoint")
+    # (3) some trials complete (their runs ended, the sweeper may not have recorded them)
+    _run_until(tmp_path, args, env, lambda: complete() > 0, "a complete trial")
+    if stores.optuna is None:
+        # (4) every trial complete: the sweeper is summarising and writing the report
+        _run_until(tmp_path, args, env, lambda: complete() >= n_points, "every trial complete")
 
-    p = subprocess.run(_cmd(args), cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(_cmd(args), cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     assert f"{n_points} complete, 0 pruned, 0 failed (points)" in p.stdout
     assert (tmp_path / "multirun" / "soak" / "report.md").is_file()
 
     # Optuna: one COMPLETE trial per point, nothing RUNNING
-    trials = study_of(tmp_path, "soak").get_trials()
+    trials = (optuna.load_study(study_name="soak", storage=stores.optuna).get_trials()
+              if stores.optuna else study_of(tmp_path, "soak").get_trials())
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     done = sorted((t.params["method.alpha"], t.params["method.T"]) for t in trials
                   if t.state == TrialState.COMPLETE)
     assert done == sorted((a, t) for a in ALPHAS for t in TS)
 
     # MLflow: one FINISHED child per point with its own values, every step once, none RUNNING
-    client, parent, children = parent_and_children(tmp_path, "soak")
+    client = MlflowClient(tracking_uri=stores.mlflow)
+    exp = client.get_experiment_by_name("kdsweep")
+    runs = client.search_runs([exp.experiment_id], "", max_results=1000)
+    (parent,) = [r for r in runs if r.data.tags.get("kdsweep.study") == "soak"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED"
-    runs = client.search_runs([parent.info.experiment_id], "", max_results=1000)
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     finished = [c for c in children if c.info.status == "FINISHED"]
     points = sorted((float(c.data.params["method.alpha"]), int(c.data.params["method.T"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,22 @@ class Claim:
     @property
     def pending(self) -> bool:
         return self.value.startswith(PENDING)
+
+    def free(self, trials_by_number: Mapping[int, Any], grace_period: float) -> bool:
+        """Can this claim be retaken? When its trial failed, or when it is pending and the
+        sweeper that made it is dead (or it is older than ``grace_period`` seconds)."""
+        from optuna.trial import TrialState
+
+        from kdsweep import liveness
+
+        if self.pending:  # made by a sweeper that died before it created the trial?
+            if liveness.alive(liveness.parse_tag(self.owner)) is False:
+                return True
+            return time.time() - self.claimed_at > grace_period
+        if not self.value.startswith("#") or not self.value[1:].isdigit():
+            return True  # written by an older kdsweep: judge by the trials alone
+        t = trials_by_number.get(int(self.value[1:]))
+        return t is None or t.state == TrialState.FAIL  # None: the study was deleted and remade
 
     @property
     def owner(self) -> str | None:

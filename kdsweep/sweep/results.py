@@ -5,19 +5,71 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
+from optuna.trial import TrialState
 
+from kdsweep.errors import SweepError
 from kdsweep.sweep.parent import ParentRun
 from kdsweep.sweep.space import format_override, format_value
 from kdsweep.sweep.storage import short
 from kdsweep.tracking import mask_tree, mask_url, runs_link
 
 log = logging.getLogger(__name__)
+
+
+class TooManyFailures(SweepError):
+    """More trials of one batch failed than ``hydra.sweeper.max_failure_rate`` allows."""
+
+
+@dataclass
+class Ending:
+    """How a sweep call ended: ``unfinished`` of its ``total`` points (or trials) did not finish
+    (``failed`` of them failed; the rest were not run), and why it stopped early, if it did."""
+
+    unfinished: int
+    total: int
+    failed: int
+    stopped: str | None = None
+
+    def message(self, command: str) -> str:
+        """What a user reads when points are left: how many, why, and the command that retries."""
+        why = f" (stopped early: {self.stopped})" if self.stopped else ""
+        return (f"kdsweep: {self.unfinished} of {self.total} points did not finish: {self.failed} "
+                f"failed, {self.unfinished - self.failed} not run{why}. The reasons are in the "
+                f"log above and on each failed MLflow run (tag kdsweep.error). Re-run the same "
+                f"command to retry them (finished points are kept): {command}")
+
+
+def tally(trials: Sequence[optuna.trial.FrozenTrial], points: Sequence[Any] | None,
+          point_key: Callable[[optuna.trial.FrozenTrial], str | None], dead: str) -> dict[str, int]:
+    """Where a sweep stands: per point for a grid (a point counts as its best attempt: complete,
+    pruned, running elsewhere, failed, or not run), per trial otherwise. Attempts whose sweeper
+    died (user attribute ``error`` starting with ``dead``) are counted apart as ``interrupted``:
+    they are retried, not failures."""
+    interrupted = sum(t.state == TrialState.FAIL
+                      and str(t.user_attrs.get("error", "")).startswith(dead) for t in trials)
+    if points is None:
+        n = {s: sum(t.state == s for t in trials) for s in TrialState}
+        return {"complete": n[TrialState.COMPLETE], "pruned": n[TrialState.PRUNED],
+                "failed": n[TrialState.FAIL] - interrupted, "running": n[TrialState.RUNNING],
+                "interrupted": interrupted, "points": 0}
+    rank = {TrialState.COMPLETE: 4, TrialState.PRUNED: 3, TrialState.RUNNING: 2,
+            TrialState.WAITING: 2, TrialState.FAIL: 1}
+    best: dict[str, int] = {}
+    for t in trials:
+        key = point_key(t)
+        if key is not None:
+            best[key] = max(best.get(key, 0), rank.get(t.state, 0))
+    states = [best.get(p.key, 0) for p in points]
+    return {"complete": states.count(4), "pruned": states.count(3), "running": states.count(2),
+            "failed": states.count(1), "not_run": states.count(0), "interrupted": interrupted,
+            "points": len(states)}
 
 
 def write_sweep_json(info: Mapping[str, Any], folders: Iterable[Path], parent: ParentRun) -> None:

@@ -27,7 +27,6 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,23 @@ import optuna
 from optuna.trial import TrialState
 
 from kdsweep import liveness
-from kdsweep.errors import KDSweepError, SweepError
+from kdsweep.errors import SweepError
 from kdsweep.sweep import space as _space
+from kdsweep.sweep.checks import preflight
 from kdsweep.sweep.claims import Claims
 from kdsweep.sweep.jobs import JobContext, JobSpec, plan_jobs
 from kdsweep.sweep.parent import ParentRun
 from kdsweep.sweep.pruning import STUDY_ATTR as PRUNER_ATTR
 from kdsweep.sweep.pruning import make_pruner
-from kdsweep.sweep.results import parent_params, summarise, write_sweep_json
+from kdsweep.sweep.results import (
+    Ending,
+    TooManyFailures,
+    parent_params,
+    summarise,
+    tally,
+    write_sweep_json,
+)
+from kdsweep.sweep.samplers import make_sampler
 from kdsweep.sweep.settings import Context, Outcome, Settings, check_settings
 from kdsweep.sweep.space import Point, SearchSpaceError, format_override, suggest
 from kdsweep.sweep.storage import Heartbeat, TrialRef, job_url, make_storage, short, sqlite_kwargs
@@ -51,70 +59,10 @@ from kdsweep.tracking import check_reachable, mask_files, mask_url, open_store
 
 log = logging.getLogger(__name__)
 
-
-#: A grid of at most this many points is checked point by point before it starts; a larger one
-#: value by value (each value of each axis once, the other axes at their first value).
-PREFLIGHT_ALL_POINTS = 64
-
-
-def preflight_variants(space: _space.SearchSpace) -> list[list[str]]:
-    """The overrides to check before a sweep starts: every point of a small grid, else each
-    value of each swept key once (a sampler's ranges: their bounds)."""
-    if space.points is not None and (len(space.points) <= PREFLIGHT_ALL_POINTS or not space.axes):
-        return [p.overrides() for p in space.points]
-    if space.axes:
-        values = {k: list(v) for k, v in space.axes}
-    else:
-        values = {k: _space.check_values(d) for k, d in space.distributions.items()}
-    first = {k: v[0] for k, v in values.items()}
-    variants = [dict(first)]
-    for k, vs in values.items():
-        variants += [{**first, k: v} for v in vs[1:]]
-    return [[format_override(k, v) for k, v in var.items()] for var in variants]
-
-
-def preflight(space: _space.SearchSpace, ctx: Context) -> None:
-    """Refuse the sweep, in one line, if any trial it would run would be refused: the same
-    checks a single run gets (``Context.check``), on each trial's composed config."""
-    if ctx.check is None or ctx.compose is None:
-        return
-    for i, overrides in enumerate(preflight_variants(space)):
-        cfg = ctx.compose([*space.fixed, *overrides])
-        try:
-            ctx.check(cfg, reach=i == 0)
-        except KDSweepError as e:
-            where = f"sweep point {' '.join(overrides)}: " if overrides else ""
-            raise SweepError(f"{where}{e}") from None
-
-
-class TooManyFailures(SweepError):
-    """More trials of one batch failed than ``hydra.sweeper.max_failure_rate`` allows."""
-
-
-@dataclass
-class Ending:
-    """How a sweep call ended: ``unfinished`` of its ``total`` points (or trials) did not finish
-    (``failed`` of them failed; the rest were not run), and why it stopped early, if it did."""
-
-    unfinished: int
-    total: int
-    failed: int
-    stopped: str | None = None
-
-    def message(self, command: str) -> str:
-        """What a user reads when points are left: how many, why, and the command that retries."""
-        why = f" (stopped early: {self.stopped})" if self.stopped else ""
-        return (f"kdsweep: {self.unfinished} of {self.total} points did not finish: {self.failed} "
-                f"failed, {self.unfinished - self.failed} not run{why}. The reasons are in the "
-                f"log above and on each failed MLflow run (tag kdsweep.error). Re-run the same "
-                f"command to retry them (finished points are kept): {command}")
-
 POINT_ATTR = "kdsweep:point"
 OWNER_ATTR = "kdsweep:owner"
 DEFINITION_ATTR = "kdsweep_definition"
 ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-SAMPLERS = {"TPESampler", "RandomSampler", "GridSampler", "CmaEsSampler", "NSGAIISampler",
-            "QMCSampler", "GPSampler", "BruteForceSampler"}
 DEAD = "its sweeper process died"
 
 
@@ -129,25 +77,6 @@ class Sweep:
     def is_grid(self) -> bool:
         return self.s.points is not None or short(self.s.sampler.get("_target_", "")) == "GridSampler"
 
-    def _make_sampler(self) -> optuna.samplers.BaseSampler:
-        target = str(self.s.sampler.get("_target_", "optuna.samplers.TPESampler"))
-        module, _, name = target.rpartition(".")
-        kwargs = {k: v for k, v in self.s.sampler.items() if k != "_target_"}
-        if module != "optuna.samplers" or name not in SAMPLERS:
-            raise SweepError(f"hydra.sweeper.sampler._target_={target!r}: use one of "
-                             "tpe, random, grid, cmaes, nsgaii (optuna.samplers.*)")
-        if name == "GridSampler":  # kdsweep enumerates the grid; the sampler only needs a seed
-            return optuna.samplers.RandomSampler(seed=kwargs.get("seed"))
-        if name == "CmaEsSampler":
-            try:
-                import cmaes  # noqa: F401
-            except ImportError:
-                raise SweepError("hydra/sweeper/sampler=cmaes needs the cmaes package: "
-                                 "pip install cmaes") from None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return getattr(optuna.samplers, name)(**kwargs)
-
     # ------------------------------------------------------------------------------ open
     def run(self, arguments: Sequence[str], ctx: Context) -> Ending:
         """Run the trials the study is missing; returns how many of its points (or trials) are
@@ -161,7 +90,7 @@ class Sweep:
         if not self.is_grid and not space.distributions:
             raise SweepError("nothing to sweep: give hydra.sweeper.params or key=choice(...)/"
                              "interval(...) overrides")
-        sampler = self._make_sampler()
+        sampler = make_sampler(self.s.sampler)
         try:
             make_pruner(self.s.pruner)  # fail now on a bad pruner config, not in a trial
         except (TypeError, ValueError) as e:
@@ -307,28 +236,8 @@ class Sweep:
                                                "trial)", [], create=False)
 
     def _tally(self) -> dict[str, int]:
-        """Where the sweep stands: per point for a grid (a point counts as its best attempt:
-        complete, pruned, running elsewhere, failed, or not run), per trial otherwise. Attempts
-        whose sweeper died (``interrupted``) are counted apart: they are retried, not failures."""
-        trials = self.study.get_trials(deepcopy=False)
-        interrupted = sum(t.state == TrialState.FAIL and str(t.user_attrs.get("error", ""))
-                          .startswith(DEAD) for t in trials)
-        if self.space.points is None:
-            n = {s: sum(t.state == s for t in trials) for s in TrialState}
-            return {"complete": n[TrialState.COMPLETE], "pruned": n[TrialState.PRUNED],
-                    "failed": n[TrialState.FAIL] - interrupted, "running": n[TrialState.RUNNING],
-                    "interrupted": interrupted, "points": 0}
-        rank = {TrialState.COMPLETE: 4, TrialState.PRUNED: 3, TrialState.RUNNING: 2,
-                TrialState.WAITING: 2, TrialState.FAIL: 1}
-        best: dict[str, int] = {}
-        for t in trials:
-            key = self._point_key(t)
-            if key is not None:
-                best[key] = max(best.get(key, 0), rank.get(t.state, 0))
-        points = [best.get(p.key, 0) for p in self.space.points]
-        return {"complete": points.count(4), "pruned": points.count(3),
-                "running": points.count(2), "failed": points.count(1),
-                "not_run": points.count(0), "interrupted": interrupted, "points": len(points)}
+        return tally(self.study.get_trials(deepcopy=False), self.space.points, self._point_key,
+                     DEAD)
 
     # ------------------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -386,7 +295,7 @@ class Sweep:
             if p.key in taken or p.key in self.attempted:
                 continue  # done/running, or it failed in this very call: retried by the next one
             current = claims.get(p.key)
-            if current is not None and not self._claim_is_free(current, by_number):
+            if current is not None and not current.free(by_number, self.s.grace_period):
                 continue
             token = self.claims.claim(name, p.key, current, owner=liveness.owner_tag())
             if token is None:
@@ -407,18 +316,6 @@ class Sweep:
             self.attempted.add(p.key)
             batch.append(t)
         return batch
-
-    def _claim_is_free(self, claim: Any, by_number: Mapping[int, optuna.trial.FrozenTrial]) -> bool:
-        """A claim can be retaken when its trial failed (or a pending claim is long stale)."""
-        if claim.pending:  # made by a sweeper that died before it created the trial?
-            if liveness.alive(liveness.parse_tag(claim.owner)) is False:
-                return True
-            return time.time() - claim.claimed_at > self.s.grace_period
-        value = str(claim.value)
-        if not value.startswith("#") or not value[1:].isdigit():
-            return True  # written by an older kdsweep: judge by the trials alone
-        t = by_number.get(int(value[1:]))
-        return t is None or t.state == TrialState.FAIL  # None: the study was deleted and remade
 
     def _ask(self, k: int) -> list[TrialRef]:
         batch: list[TrialRef] = []
