@@ -167,7 +167,7 @@ def _store(cfg: DictConfig, plans: Sequence[Plan], rt: Runtime) -> Store:
     experiment_id = distributed.broadcast(experiment_id, rt.dist)
     client = MlflowClient(tracking_uri=uri)
     if cfg.resume:
-        if rt.dist.is_main:
+        if not rt.dist.active:  # (under torchrun every process would have to agree: not done)
             for p in plans:
                 parent = (p.cfg.get("sweep") or {}).get("parent_run_id")
                 p.finished = find_finished(client, experiment_id, p.key, parent)
