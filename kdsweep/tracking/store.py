@@ -100,11 +100,12 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
         with socket.create_connection(address, timeout=timeout):
             pass
     except OSError as e:
-        why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or type(e).__name__)
+        why = (f"no answer within {timeout:g} s" if isinstance(e, TimeoutError)
+               else (e.strerror or type(e).__name__))
         raise TrackingError(f"tracking.uri={mask_url(uri)}: the tracking server at "
-                            f"{address[0]}:{address[1]} cannot be reached ({why}, within "
-                            f"{timeout:g} s); start it, or set tracking.uri to a reachable "
-                            "store (default sqlite:///mlflow.db)") from None
+                            f"{address[0]}:{address[1]} cannot be reached ({why}); start it, or "
+                            "set tracking.uri to a reachable store (default sqlite:///mlflow.db)"
+                            ) from None
 
 
 def sqlite_path(uri: str) -> Path | None:
