@@ -151,8 +151,8 @@ def _log_setup(rec: RunRecorder, p: Plan, env: Env) -> None:
     # The sweep node is per attempt (the trial number changes when a killed trial is retried):
     # it is in the run's tags and config.yaml, which are rewritten on every attempt, not params.
     config = {k: v for k, v in p.masked.items() if k != "sweep"}
-    rec.log_params({**flatten(config),
-                    "overrides": mask_text(" ".join(p.job.overrides)) or "(none)"})
+    overrides = [o for o in p.job.overrides if not o.lstrip("+~").startswith("sweep.")]
+    rec.log_params({**flatten(config), "overrides": mask_text(" ".join(overrides)) or "(none)"})
     rec.set_tags({f"env.{k}": v for k, v in package_versions().items()})
     costs = {**p.stats, **(env.teacher_stats if p.method.needs_teacher else {}),
              "method_extra_params": p.method.extra_parameters()}
