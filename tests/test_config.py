@@ -60,7 +60,8 @@ def test_every_method_is_an_option_with_its_declared_defaults(compose, name):
 
 
 def test_no_method_yaml_repeats_a_declaration():
-    """conf/method/ holds presets that differ from the code, never a copy of its defaults."""
+    """A conf/method/ (none ships; a user may add one) holds presets that differ from the code,
+    never a copy of its defaults."""
     for f in (CONF / "method").glob("*.yaml") if (CONF / "method").is_dir() else []:
         assert f.stem not in list_methods(), f"{f} shadows the generated method={f.stem}"
 

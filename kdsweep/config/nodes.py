@@ -7,8 +7,9 @@
   is refused by Hydra at composition and ``--cfg job`` shows every option with its default;
 - ``kdsweep_schema``, the typed schema of the whole run config (:mod:`kdsweep.config.schema`).
 
-YAML files in ``conf/teacher/``, ``conf/student/`` or ``conf/method/`` add presets on top (a
-teacher with a fixed checkpoint, ``kd_at`` as a ``multi`` preset, ...).
+YAML files in ``teacher/``, ``student/`` or ``method/`` of a config directory of the user's
+(``python run.py --config-dir DIR ...``) add presets on top (a teacher with a fixed checkpoint,
+``kd_at`` as a ``multi`` preset, ...).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``python -m kdsweep.methods``: every method's hyper-parameters, types, defaults and ranges.
 
 ``--markdown`` prints the table kept in ``docs/methods.md`` (between the ``defaults`` markers);
-``--write FILE`` replaces that block in FILE. ``tests/test_docs.py`` fails when the file and the
-declarations differ, so the documented defaults are always those of the code.
+``--write FILE`` replaces that block in FILE. ``tests/test_architecture.py`` fails when the file and
+the declarations differ, so the documented defaults are always those of the code.
 """
 
 from __future__ import annotations

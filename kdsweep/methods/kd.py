@@ -19,8 +19,8 @@ class KD(Method):
 
         loss = alpha * T^2 * KL(softmax(z_t/T) || softmax(z_s/T)) + (1 - alpha) * CE(z_s, y)
 
-    ``alpha`` weights the *soft* (distillation) term, as in seeds 001 and 003 and RepDistiller
-    (``-r 0.1 -a 0.9`` is ``alpha=0.9``). torchdistill uses the opposite convention (its alpha
+    ``alpha`` weights the *soft* (distillation) term, as in Hinton et al.'s formulation and
+    RepDistiller (HobbitLong/RepDistiller, ``-r 0.1 -a 0.9`` is ``alpha=0.9``). torchdistill uses the opposite convention (its alpha
     weights the hard loss). Defaults: ``T=4, alpha=0.9``, the CRD benchmark's CIFAR-100 setting.
     Logged terms: ``ce`` and ``kd``, each already weighted.
     """

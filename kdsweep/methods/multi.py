@@ -22,7 +22,7 @@ from kdsweep.methods.base import (
 from kdsweep.models import ModelOutput
 
 _NAMESPACE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: ``conf/method/multi.yaml``'s default: Hinton KD (RepDistiller -r 0.1 -a 0.9) + AT (-b 1000).
+#: ``method=multi``'s default: Hinton KD (RepDistiller -r 0.1 -a 0.9) + AT (-b 1000).
 DEFAULT_METHODS: dict[str, dict[str, float]] = {
     "kd": {"alpha": 0.9, "T": 4.0},
     "at": {"feat_weight": 1000.0, "ce_weight": 0.0},

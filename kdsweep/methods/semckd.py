@@ -59,8 +59,8 @@ def attention_width(method: str, batch_size: int | None, context: BuildContext) 
     width = batch_size if batch_size is not None else getattr(context, "batch_size", None)
     if width is None:
         raise ConfigError(f"{method}: method.batch_size is not set; SemCKD's attention reads rows of "
-                          f"B x B similarity matrices and needs the training batch size (conf/method/"
-                          f"{method}.yaml sets it to ${{schedule.batch_size}})")
+                          f"B x B similarity matrices and needs the training batch size: set "
+                          f"method.batch_size to schedule.batch_size")
     return int(width)
 
 
