@@ -66,6 +66,7 @@ def test_no_method_yaml_repeats_a_declaration():
         assert f.stem not in list_methods(), f"{f} shadows the generated method={f.stem}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("role", ["teacher", "student"])
 def test_every_model_is_a_teacher_and_student_option(compose, role):
     for name in list_models():

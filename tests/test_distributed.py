@@ -16,6 +16,8 @@ from kdsweep.data import build_data
 from kdsweep.engine import load_checkpoint, save_checkpoint
 from kdsweep.models import create_model
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses: the full tier (pytest -q)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["method=kd", "teacher=resnet14", "student=resnet8", "schedule.epochs=2",
         "train.limit_train_batches=3", "train.limit_val_batches=1", "schedule.eval_batch_size=200",

@@ -15,6 +15,8 @@ from test_sweeper import TINY, _cmd, _env, parent_and_children, study_of, sweep
 
 from kdsweep.report import write_report
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses: the full tier (pytest -q)
+
 GRID = ["hydra/sweeper/sampler=grid", "method.alpha=choice(0.3,0.9)", "method.T=choice(2,8)",
         "teacher=resnet8", "student=resnet8"]
 

@@ -84,6 +84,7 @@ def test_the_deployed_checkpoint_is_the_best_peer():
         assert torch.equal(plain(x), g.peers[k].student(x))
 
 
+@pytest.mark.slow
 def test_the_published_table_preset_runs_offline(tmp_path, compose):
     """ModReduce's table preset, smoke-sized: its first pair (wrn_40_2 -> wrn_16_2, the student
     alone and its four methods, taken from the preset itself) as one fused job."""

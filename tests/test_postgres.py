@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pg_server import PostgresServer
 
 pytest_plugins = ["pg_server"]  # the postgres_server fixture
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses: the full tier (pytest -q)
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["schedule.epochs=2", "train.limit_train_batches=2", "train.limit_val_batches=1",
         "schedule.eval_batch_size=100", "train.progress=false", "cpu_threads=1"]
@@ -265,6 +266,7 @@ def test_passwords_never_leak(postgres_server: PostgresServer, single_run: Launc
 PARENT_RUN = """
 import sys, tempfile
 from kdsweep.tracking import open_store
+
 print("ready", flush=True)
 sys.stdin.readline()
 try:  # each its own lock directory: as on two machines

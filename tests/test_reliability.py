@@ -141,6 +141,7 @@ def test_retry_waits_out_a_locked_database(monkeypatch):
         tracking_retry.retry(lambda: (_ for _ in ()).throw(ValueError("other")))
 
 
+@pytest.mark.slow
 def test_four_parallel_runs_on_one_sqlite_store_lose_nothing(tmp_path, mlflow_uri):
     ckpt = tmp_path / "t.pt"
     save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,

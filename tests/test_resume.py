@@ -10,11 +10,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from kdsweep.engine import load_checkpoint, save_checkpoint
 from kdsweep.models import create_model
+
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses: the full tier (pytest -q)
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["method=kd", "teacher=resnet8", "student=resnet8", "schedule.epochs=6",

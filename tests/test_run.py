@@ -119,6 +119,7 @@ def test_cli_prints_composed_config(tmp_path, mlflow_uri):
     assert "name: wrn_28_4" in p.stdout and "name: wrn_16_2" in p.stdout and "alpha: 0.9" in p.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_value_is_one_line_and_writes_nothing(tmp_path, mlflow_uri):
     p = cli(["method.alpha=1.5"], tmp_path, mlflow_uri)
     assert p.returncode == 2
@@ -129,6 +130,7 @@ def test_cli_bad_value_is_one_line_and_writes_nothing(tmp_path, mlflow_uri):
     assert p.returncode != 0 and "wrn_16_2" in p.stderr
 
 
+@pytest.mark.slow
 def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     ckpt = tmp_path / "t.pt"
     save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
@@ -153,6 +155,7 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     assert (sweep_dir / "report.md").is_file() and "| alpha \\ T | 2 | 4 |" in p.stdout
 
 
+@pytest.mark.slow
 def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):
     # Create the store first: two processes racing to create the SQLite schema is another matter.
     mlflow.set_tracking_uri(mlflow_uri)

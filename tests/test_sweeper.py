@@ -22,6 +22,8 @@ from kdsweep.sweep.claims import Claims
 from kdsweep.sweep.pruning import make_pruner, pruner_for_study
 from kdsweep.tracking import mask_url
 
+pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses: the full tier (pytest -q)
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["schedule.epochs=2", "train.limit_train_batches=3", "train.limit_val_batches=1",
         "schedule.eval_batch_size=1000", "train.progress=false", "cpu_threads=1"]
