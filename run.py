@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> float | dict:
 
 def _preflight(cfg: DictConfig, overrides: list[str]) -> None:
     """Every check a run makes before any work (a refused run writes nothing at all)."""
-    from kdsweep.run.preflight import check
+    from kdsweep.run.job import check
 
     check(cfg, overrides)
 

@@ -29,24 +29,83 @@ def test_no_kdsweep_module_imports_the_hydra_plugin(path):
     assert not {m for m in imports_of(path) if m.split(".")[0] == "hydra_plugins"}
 
 
-def test_layers_point_one_way():
-    """models and data know nothing of methods, engine, run, sweep or tracking; methods nothing
-    of the engine; the engine nothing of run, sweep or tracking."""
-    forbidden = {
-        "models": ("kdsweep.methods", "kdsweep.engine", "kdsweep.run", "kdsweep.sweep",
-                   "kdsweep.tracking", "kdsweep.report"),
-        "data": ("kdsweep.methods", "kdsweep.engine", "kdsweep.run", "kdsweep.sweep",
-                 "kdsweep.tracking", "kdsweep.report"),
-        "methods": ("kdsweep.engine", "kdsweep.run", "kdsweep.sweep", "kdsweep.tracking"),
-        "engine": ("kdsweep.run", "kdsweep.sweep", "kdsweep.tracking", "kdsweep.report"),
-        "tracking": ("kdsweep.run", "kdsweep.sweep", "kdsweep.engine", "kdsweep.report"),
-    }
+def dependency_rules() -> dict[str, set[str]]:
+    """The table of docs/architecture.md, "Dependency rules": package -> what it may import."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    block = text.split("<!-- BEGIN dependency rules -->")[1].split("<!-- END dependency rules -->")[0]
+    rules = {}
+    for line in block.strip().splitlines()[2:]:  # after the header and its rule
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2:
+            rules[cells[0].strip("`")] = {p.strip() for p in cells[1].split(",") if p.strip() != "–"}
+    return rules
+
+
+def package_of(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def kdsweep_imports(path: Path) -> set[str]:
+    """Dotted kdsweep modules ``path`` imports anywhere (``from kdsweep import x`` -> kdsweep.x)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("kdsweep."))
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "kdsweep":
+                out.update(f"kdsweep.{a.name}" for a in node.names)
+            elif node.module.startswith("kdsweep."):
+                out.add(node.module)
+                out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_layers_follow_the_documented_table():
+    rules = dependency_rules()
+    modules = sorted(PACKAGE.rglob("*.py"))
+    assert {package_of(p) for p in modules} - {"__init__", "__main__"} == set(rules), \
+        "every package has a row in docs/architecture.md's dependency rules"
     bad = []
-    for part, banned in forbidden.items():
-        for path in (PACKAGE / part).rglob("*.py"):
-            bad += [f"{path.relative_to(ROOT)} imports {m}" for m in imports_of(path)
-                    if m.startswith(banned)]
-    assert not bad
+    for path in modules:
+        own = package_of(path)
+        for m in kdsweep_imports(path):
+            target = m.split(".")[1]
+            if target != own and target in rules and target not in rules.get(own, set()):
+                bad.append(f"{path.relative_to(ROOT)} imports {m}")
+    assert not bad, bad
+
+
+def test_no_circle_between_modules():
+    """No module imports another that (directly or through others) imports it back."""
+    names = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    graph = {n: {m for m in kdsweep_imports(p) if m in names and m != n
+                 and not n.startswith(m + ".")}  # a package's __init__ re-exports its modules
+             for n, p in names.items() if not n.endswith("__init__")}
+    graph = {n: {m for m in deps if not names[m].name == "__init__.py"} for n, deps in graph.items()}
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += graph.get(m, ())
+        return seen
+
+    circles = sorted(n for n in graph if n in reach(n))
+    assert not circles, circles
+
+
+def test_private_names_stay_in_their_module():
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kdsweep"):
+                bad += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, bad
 
 
 def test_modules_stay_small():

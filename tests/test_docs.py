@@ -151,3 +151,18 @@ def test_every_documented_command_composes(doc, argv):
     from kdsweep.config.cli import check
 
     assert check(argv, ROOT / "conf") is None
+
+
+def test_every_documented_module_and_script_exists():
+    """``python -m kdsweep.X`` modules import, ``python tools/x.py`` scripts exist."""
+    import importlib.util
+
+    missing = []
+    for name, text in _docs_text():
+        for mod in set(re.findall(r"python -m (kdsweep[\w.]*)", text)):
+            if importlib.util.find_spec(mod) is None:
+                missing.append(f"{name}: python -m {mod}")
+        for script in set(re.findall(r"python ((?:tools|benchmarks)/[\w/]+\.py)", text)):
+            if not (ROOT / script).is_file():
+                missing.append(f"{name}: {script}")
+    assert not missing, missing

@@ -18,7 +18,7 @@ from kdsweep.config.schema import RunConfig
 from kdsweep.errors import KDSweepError
 from kdsweep.methods import create_method, get_method, hparams, list_methods
 from kdsweep.reducenet.conf import ReduceNetConf
-from kdsweep.run.preflight import check
+from kdsweep.run.job import check
 
 PROBES = {"neg": "-1", "zero": "0", "huge": "1000000000000", "inf": "inf", "nan": "nan"}
 

@@ -265,7 +265,7 @@ def test_an_unreachable_tracking_server_is_refused_in_seconds(uri, tmp_path):
 def test_the_command_line_check_runs_every_check_a_run_makes(tmp_path, monkeypatch):
     """Values Hydra composes but a run refuses (ranges, files) are refused by the same check."""
     from kdsweep.config.cli import check
-    from kdsweep.run.preflight import check as preflight
+    from kdsweep.run.job import check as preflight
 
     monkeypatch.chdir(tmp_path)
     conf = ROOT / "conf"

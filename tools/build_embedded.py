@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m kdsweep.data.build_embedded --source ../shared/data/cifar10-jpg \
+    python tools/build_embedded.py --source ../shared/data/cifar10-jpg \
         --out kdsweep/data/embedded/cifar10_subset.npz [--train-per-class 500 --test-per-class 100 --seed 0]
 
 Selection: classes are the sorted sub-directories of ``SOURCE/train``. For split ``s`` (0 = train,

@@ -95,15 +95,12 @@ class KDSweepOptunaSweeper(Sweeper):
             launcher=str(cfg.hydra.launcher.get("_target_", "?")).rsplit(".", 1)[-1],
             prefix="sweep." if "sweep" in cfg else "++sweep.",
             add_threads=cfg.get("cpu_threads", "absent") is None,
-            launch=self._launch, compose=self._compose, check=_check)
+            launch=self._launch, compose=self._compose, check=_check, report=_report)
 
     def _launch(self, overrides: list[list[str]]) -> list[Any]:
-        from kdsweep.sweep.settings import Outcome
-
         returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
-        return [Outcome(value=r.return_value) if r.status == JobStatus.COMPLETED
-                else Outcome(error=r._return_value) for r in returns]
+        return [_outcome(r) for r in returns]
 
     def _compose(self, overrides: list[str]) -> dict[str, Any]:
         """A trial's composed config (as a launcher would build it), without the hydra node."""
@@ -114,11 +111,32 @@ class KDSweepOptunaSweeper(Sweeper):
         return with_hydra
 
 
+def _outcome(r: Any) -> Any:
+    """A Hydra job's return value, or the exception it raised (``JobReturn.return_value`` raises
+    a failed job's exception: caught here, so that the sweep records it and goes on)."""
+    from kdsweep.sweep.settings import Outcome
+
+    if r.status == JobStatus.COMPLETED:
+        return Outcome(value=r.return_value)
+    try:
+        value = r.return_value
+    except BaseException as e:  # every failure of a job is the trial's
+        return Outcome(error=e)
+    return Outcome(error=f"the job failed and returned {value!r}")
+
+
 def _check(cfg: Any, reach: bool = True) -> None:
-    """The checks a run makes before any work (kdsweep.run.preflight), for a trial's config."""
-    from kdsweep.run.preflight import check
+    """The checks a job makes before any work (kdsweep.run.job.check), for a trial's config."""
+    from kdsweep.run.job import check
 
     check(cfg, reach=reach)
+
+
+def _report(*args: Any, **kwargs: Any) -> Any:
+    """The sweep's tables (kdsweep.report), written when the sweep ends."""
+    from kdsweep.report import write_report
+
+    return write_report(*args, **kwargs)
 
 
 def retry_command() -> str:

@@ -5,15 +5,25 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from omegaconf import MISSING
 
-from kdsweep.data.datasets import TensorSplits, channel_stats, cifar_splits, embedded_splits
-from kdsweep.data.loaders import AUGMENTS, TensorLoader
+from kdsweep.data.bundle import (
+    DataBundle,
+    Loader,
+    check_batch_sizes,
+    check_num_classes,
+    launch_dir,
+    resolve_device,
+    resolve_root,
+    tensor_bundle,
+)
+from kdsweep.data.datasets import cifar_splits, embedded_splits, missing_cifar
+from kdsweep.data.imagefolder import LAYOUT, imagefolder_bundle, split_dirs
+from kdsweep.data.loaders import AUGMENTS
 from kdsweep.errors import ConfigError, DataError
 
 SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder")
@@ -49,27 +59,6 @@ DEFAULTS: dict[str, Any] = {f.name: (None if f.default is MISSING else f.default
                             for f in fields(DatasetConf)}
 
 
-class Loader(Protocol):
-    def __len__(self) -> int: ...
-    def set_epoch(self, epoch: int) -> None: ...
-    def __iter__(self): ...  # -> (x float32 NCHW normalised, y int64, idx int64) on the device
-
-
-@dataclass
-class DataBundle:
-    train: Loader
-    val: Loader
-    num_classes: int
-    image_size: int
-    name: str
-    num_train: int
-    num_val: int
-    classes: list[str]
-    mean: tuple[float, ...] = field(default=(0.0, 0.0, 0.0))
-    std: tuple[float, ...] = field(default=(1.0, 1.0, 1.0))
-    train_labels: torch.Tensor | None = None  # int64 on CPU, position i = train index i
-
-
 def _as_dict(cfg: Mapping) -> dict[str, Any]:
     try:
         from omegaconf import DictConfig, OmegaConf
@@ -79,27 +68,6 @@ def _as_dict(cfg: Mapping) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
     return dict(cfg)
-
-
-def launch_dir() -> Path:
-    """Directory relative paths are resolved against: Hydra's original cwd if Hydra runs, else cwd."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.utils import get_original_cwd
-
-        if HydraConfig.initialized():
-            return Path(get_original_cwd())
-    except ImportError:  # pragma: no cover
-        pass
-    return Path.cwd()
-
-
-def resolve_root(root: str | os.PathLike | None, default: str | None = None) -> Path | None:
-    root = root if root not in (None, "") else default
-    if root is None:
-        return None
-    p = Path(os.path.expandvars(str(root))).expanduser()
-    return p if p.is_absolute() else launch_dir() / p
 
 
 def parse_config(cfg: Mapping) -> dict[str, Any]:
@@ -154,15 +122,11 @@ def check_dataset(cfg: Mapping) -> None:
     and that its files are where it says (or will be downloaded). Raises one line."""
     c = parse_config(cfg)
     if c["source"] in ("cifar10", "cifar100"):
-        from kdsweep.data.datasets import missing_cifar
-
         problem = missing_cifar(c["source"], resolve_root(c["root"], default="data"),
                                 bool(c["download"]))
         if problem:
             raise DataError(problem)
     elif c["source"] == "imagefolder":
-        from kdsweep.data.imagefolder import LAYOUT, split_dirs
-
         if c["root"] in (None, "", "???"):
             raise ConfigError(f"dataset.root is not set; point it at an ImageFolder tree: {LAYOUT}")
         split_dirs(resolve_root(c["root"]), c["val_split"])
@@ -170,51 +134,6 @@ def check_dataset(cfg: Mapping) -> None:
         root = resolve_root(c["root"])
         if root is not None and not root.exists():
             raise DataError(f"dataset.root={c['root']}: {root} does not exist")
-
-
-def _resolve_device(device: torch.device | str) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def check_batch_sizes(batch_size: int, eval_batch_size: int, num_train: int, name: str) -> None:
-    if int(batch_size) < 1:
-        raise ConfigError(f"schedule.batch_size={batch_size}; expected a positive integer")
-    if int(eval_batch_size) < 1:
-        raise ConfigError(f"eval_batch_size={eval_batch_size}; expected a positive integer")
-    if int(batch_size) > num_train:
-        raise ConfigError(f"schedule.batch_size={batch_size} is larger than the {num_train} "
-                          f"training images of data set {name!r}; use at most {num_train}")
-
-
-def check_num_classes(c: dict[str, Any], found: int, where: str) -> None:
-    if c["num_classes"] is not None and int(c["num_classes"]) != found:
-        raise ConfigError(f"dataset.num_classes={c['num_classes']} but {where} has {found} classes")
-
-
-def tensor_bundle(c: dict[str, Any], s: TensorSplits, *, batch_size: int, eval_batch_size: int,
-                  device: torch.device, seed: int, where: str) -> DataBundle:
-    """Wrap in-memory splits into train/val :class:`TensorLoader` s (config already parsed)."""
-    check_num_classes(c, len(s.classes), where)
-    check_batch_sizes(batch_size, eval_batch_size, len(s.train_y), c["name"])
-    h, w = s.train_x.shape[-2:]
-    size = int(c["image_size"] or h)
-    if size != h or h != w:
-        raise ConfigError(f"dataset.image_size={size} but {where} holds {h}x{w} images; "
-                          f"use dataset.image_size={h}")
-    mean, std = c["mean"] or s.mean, c["std"] or s.std
-    if mean is None or std is None:
-        m, sd = channel_stats(s.train_x)
-        mean, std = mean or m, std or sd
-    common = dict(mean=mean, std=std, device=device, seed=seed, image_size=size)
-    train = TensorLoader(s.train_x, s.train_y, batch_size=batch_size, train=True,
-                         augment=c["augment"], padding=int(c["padding"]), **common)
-    val = TensorLoader(s.val_x, s.val_y, batch_size=eval_batch_size, train=False, **common)
-    return DataBundle(train=train, val=val, num_classes=len(s.classes), image_size=size,
-                      name=c["name"], num_train=len(s.train_y), num_val=len(s.val_y),
-                      classes=list(s.classes), mean=tuple(map(float, mean)),
-                      std=tuple(map(float, std)), train_labels=s.train_y.cpu())
 
 
 def build_data(cfg: Mapping, *, batch_size: int, eval_batch_size: int,
@@ -225,7 +144,7 @@ def build_data(cfg: Mapping, *, batch_size: int, eval_batch_size: int,
     ``device``; call ``loader.set_epoch(e)`` before each epoch for (seed, epoch) reproducibility.
     """
     c = parse_config(cfg)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, device=dev,
                   seed=int(seed))
     if c["source"] == "embedded":
@@ -236,6 +155,9 @@ def build_data(cfg: Mapping, *, batch_size: int, eval_batch_size: int,
         root = resolve_root(c["root"], default="data")
         splits = cifar_splits(c["source"], root, bool(c["download"]))
         return tensor_bundle(c, splits, where=str(root), **common)
-    from kdsweep.data.imagefolder import imagefolder_bundle
-
     return imagefolder_bundle(c, **common)
+
+
+__all__ = ["DataBundle", "DatasetConf", "Loader", "build_data", "check_batch_sizes",
+           "check_dataset", "check_num_classes", "launch_dir", "parse_config", "resolve_root",
+           "tensor_bundle"]

@@ -52,7 +52,7 @@ def load_embedded(path: str | Path | None = None) -> EmbeddedData:
     path = Path(path) if path is not None else EMBEDDED_PATH
     if not path.is_file():
         raise DataError(f"embedded data file {path} is missing; rebuild it with "
-                        "`python -m kdsweep.data.build_embedded --source ../shared/data/cifar10-jpg "
+                        "`python tools/build_embedded.py --source ../shared/data/cifar10-jpg "
                         f"--out {path}` (see docs/data.md)")
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)

@@ -37,6 +37,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from kdsweep.data.bundle import (
+    DataBundle,
+    check_batch_sizes,
+    check_num_classes,
+    resolve_root,
+    tensor_bundle,
+)
 from kdsweep.data.cache import cache_dir, cache_file, read_cache, write_cache
 from kdsweep.data.datasets import TensorSplits
 from kdsweep.errors import ConfigError, DataError
@@ -323,13 +330,6 @@ def _first_image_size(c: dict[str, Any], split: Path, files: list[str]) -> tuple
 
 def imagefolder_bundle(c: dict[str, Any], *, batch_size: int, eval_batch_size: int,
                        device: torch.device, seed: int):
-    from kdsweep.data.build import (
-        DataBundle,
-        check_batch_sizes,
-        check_num_classes,
-        resolve_root,
-        tensor_bundle,
-    )
     from kdsweep.data.loaders import StreamingLoader
 
     if c["root"] in (None, "", "???"):

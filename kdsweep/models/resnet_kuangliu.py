@@ -40,7 +40,7 @@ def _features(last_bn: str) -> FeatureSpec:
     )
 
 
-def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+def shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     if stride == 1 and in_planes == out_planes:
         return nn.Sequential()
     return nn.Sequential(
@@ -57,7 +57,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _shortcut(in_planes, planes, stride)
+        self.shortcut = shortcut(in_planes, planes, stride)
         self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(4 * planes)
-        self.shortcut = _shortcut(in_planes, 4 * planes, stride)
+        self.shortcut = shortcut(in_planes, 4 * planes, stride)
         self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from kdsweep.models.layers import kaiming_init
 from kdsweep.models.registry import FeatureSpec, register_model
-from kdsweep.models.resnet_kuangliu import Bottleneck, _shortcut
+from kdsweep.models.resnet_kuangliu import Bottleneck, shortcut
 
 __all__ = ["ResNeXt"]
 
@@ -43,7 +43,7 @@ class Block(nn.Module):
         self.bn2 = nn.BatchNorm2d(gw)
         self.conv3 = nn.Conv2d(gw, self.expansion * gw, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(self.expansion * gw)
-        self.shortcut = _shortcut(in_planes, self.expansion * gw, stride)
+        self.shortcut = shortcut(in_planes, self.expansion * gw, stride)
         self.preact = nn.Identity()
 
     forward = Bottleneck.forward  # the same conv-bn-relu x2, conv-bn, + shortcut, relu

@@ -46,7 +46,6 @@ from kdsweep.report.tables import (  # noqa: F401  (re-exported: the report's pu
     Cell,
     Child,
     Table,
-    _higher_is_better,
     format_value,
     higher_is_better,
     parse_overrides,

@@ -63,9 +63,6 @@ def higher_is_better(metric: str) -> bool:
     return not any(w in metric for w in ("loss", "gap", "time", "error"))
 
 
-_higher_is_better = higher_is_better  # the name before the split (kdsweep.report.build imports it)
-
-
 @dataclass
 class Child:
     run_id: str

@@ -9,6 +9,7 @@ its objective (best validation accuracy, %).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from kdsweep.engine import DONE, PRUNED
 from kdsweep.errors import Pruned
 from kdsweep.run.pipeline import run, run_cohort
 from kdsweep.run.plan import Job
+from kdsweep.run.preflight import check_run
+from kdsweep.run.stages import check as check_stages
 from kdsweep.run.stages import run_reducenet, run_reducenet_cohort
-from kdsweep.tracking import mask_files
+from kdsweep.tracking import check_reachable, mask_files
 
 
 def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) -> float | dict:
@@ -37,6 +40,22 @@ def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) ->
         import optuna  # the sweeper records a trial that raised TrialPruned as PRUNED
 
         raise optuna.TrialPruned(str(e)) from None
+
+
+def check(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (),
+          *, reach: bool = True) -> None:
+    """Everything a job would refuse before its work: the checks of each run it makes
+    (:func:`kdsweep.run.preflight.check_run`; for ``experiment=reducenet`` each of its stages) and,
+    with ``reach``, that a tracking server accepts connections. Raises a
+    :class:`~kdsweep.errors.KDSweepError` (one line)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    if cfg.get("reducenet") is not None:  # experiment=reducenet: each of its stages
+        check_stages(cfg, overrides)
+    else:
+        check_run(cfg)
+    if reach:
+        check_reachable(str(cfg.tracking.uri))
 
 
 def _label(cfg: DictConfig) -> str | None:

@@ -71,7 +71,7 @@ def run(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str] | None 
 
 def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[RunResult]:
     """Train ``jobs`` as one cohort; one :class:`RunResult` per job, in order."""
-    plans = [_plan(job) for job in jobs]  # every value checked before any work
+    plans = [plan_job(job) for job in jobs]  # every value checked before any work
     check_shared(plans)
     cfg = plans[0].cfg
     rt = _runtime(cfg)
@@ -228,7 +228,7 @@ def _train_and_record(plans: Sequence[Plan], cohort: Cohort, env: record.Env) ->
     return results
 
 
-def _plan(job: Job) -> Plan:
+def plan_job(job: Job) -> Plan:
     """Validate one member's config and create its method (checks its hyper-parameters)."""
     method = preflight.check_run(job.cfg)  # every value checked, nothing written
     composed = OmegaConf.to_container(job.cfg, resolve=True)

@@ -1,6 +1,8 @@
 """Every check a run makes before any work, in one place: a composed config in, one line out.
 
-Three callers make the same checks, so a value refused in one place is refused in all:
+:func:`check_run` checks one run; :func:`kdsweep.run.job.check` checks a job (one run, or the
+three stages of ``experiment=reducenet``) and that the tracking server is reachable. Three callers
+make the same checks, so a value refused in one place is refused in all:
 
 * the pipeline (:func:`kdsweep.run.pipeline.run_cohort`), for each member of a cohort;
 * ``run.py``, before Hydra starts: a refused single run writes nothing (no output folder, no
@@ -16,17 +18,14 @@ connections), and for ``experiment=reducenet`` each of its three stages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from kdsweep.config import validate
 from kdsweep.data import check_dataset
 from kdsweep.engine import check_checkpoint_file
 from kdsweep.methods import Method, create_method
 from kdsweep.run import adapt
-from kdsweep.tracking import check_reachable, check_uri, sqlite_path
+from kdsweep.tracking import check_uri, sqlite_path
 from kdsweep.tracking.store import check_sqlite_file
 
 
@@ -47,20 +46,4 @@ def check_run(cfg: DictConfig) -> Method:
     return method
 
 
-def check(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (),
-          *, reach: bool = True) -> None:
-    """Everything a job would refuse before its work (``reach``: also that a tracking server
-    accepts connections). Raises a :class:`~kdsweep.errors.KDSweepError` (one line)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    if cfg.get("reducenet") is not None:  # experiment=reducenet: each of its stages
-        from kdsweep.run.stages import check as check_stages
-
-        check_stages(cfg, overrides)
-    else:
-        check_run(cfg)
-    if reach:
-        check_reachable(str(cfg.tracking.uri))
-
-
-__all__ = ["check", "check_run"]
+__all__ = ["check_run"]

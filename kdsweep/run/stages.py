@@ -48,7 +48,7 @@ from kdsweep.models import get_spec, list_models
 from kdsweep.models.reducenet import EXPANSIONS, teacher_name
 from kdsweep.reducenet.conf import ReduceNetConf, StudentAdaptConf, typed_node
 from kdsweep.run.adapt import adapt_conf
-from kdsweep.run.pipeline import _plan, run, run_cohort
+from kdsweep.run.pipeline import plan_job, run, run_cohort
 from kdsweep.run.plan import Job, RunResult
 from kdsweep.run.record import fmt_count
 from kdsweep.run.resume import RESUME_PATH_TAG, RUN_KEY_TAG
@@ -178,14 +178,14 @@ def stage_config(cfg: DictConfig, net: Net, stage: str, init_run: str | None = N
 
 
 def _key(cfg: DictConfig, out: Path) -> str:
-    return _plan(Job(cfg, out)).key  # the pipeline's own check and identity of a run
+    return plan_job(Job(cfg, out)).key  # the pipeline's own check and identity of a run
 
 
 def check(cfg: DictConfig, overrides: Sequence[str] = ()) -> Net:
     """Every stage's values checked before any work (nothing is written)."""
     net = resolve_net(cfg, overrides)
     for stage in STAGES:
-        _plan(Job(stage_config(cfg, net, stage), Path(".")))
+        plan_job(Job(stage_config(cfg, net, stage), Path(".")))
     return net
 
 

@@ -3,7 +3,7 @@
 A sweep must never stop halfway on a value a single run refuses (``method.alpha=1.5`` in one
 point). So before the sweeper creates its study, its MLflow parent run or any folder, each trial's
 config is composed (``Context.compose``, as the launcher will) and put through the checks a run
-makes before any work (``Context.check``: :mod:`kdsweep.run.preflight`, wired in by the Hydra
+makes before any work (``Context.check``: :func:`kdsweep.run.job.check`, wired in by the Hydra
 plugin, so this package does not depend on the run pipeline).
 """
 

@@ -83,8 +83,11 @@ def write_sweep_json(info: Mapping[str, Any], folders: Iterable[Path], parent: P
 
 
 def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], study_dir: Path,
-              report: Mapping[str, Any], tally: Mapping[str, int]) -> None:
-    """Counts and the best trial on the parent run and stdout, then the report's tables.
+              report: Mapping[str, Any], tally: Mapping[str, int],
+              write_report: Callable[..., Any] | None = None) -> None:
+    """Counts and the best trial on the parent run and stdout, then the report's tables
+    (``write_report``: :func:`kdsweep.report.write_report`, handed in by the plugin: the report
+    package reads sweeps, so the sweep package does not import it).
 
     ``tally``: what the sweep's points (a grid) or trials (a sampler) came to: ``complete``,
     ``pruned``, ``failed``, ``running`` and ``interrupted`` (attempts whose sweeper was killed,
@@ -123,10 +126,8 @@ def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], s
     lines.append(f"  study {study.study_name} in {mask_url(str(info['storage']))}; "
                  f"study dir {study_dir}")
     print("\n".join(lines), flush=True)
-    if report.get("enabled", True):
+    if report.get("enabled", True) and write_report is not None:
         try:
-            from kdsweep.report import write_report
-
             rep = write_report(study_dir, metric=report.get("metric") or "best_val_acc",
                                log_to_parent=True)
             print(rep.markdown, flush=True)

@@ -47,6 +47,8 @@ class Context:
     compose: Callable[[list[str]], Mapping[str, Any]] | None = None
     # The checks a run makes before any work, on a trial's composed config (raises one line).
     check: Callable[..., None] | None = None
+    # Writes the sweep's report from its study dir (kdsweep.report.write_report).
+    report: Callable[..., Any] | None = None
 
 
 @dataclass

@@ -152,7 +152,8 @@ class Sweep:
                 self._finish(t, TrialState.FAIL, reason="sweep interrupted")
             tally = self._tally()
             with contextlib.suppress(Exception):
-                summarise(self.study, self.parent, self.info, self.study_dir, self.s.report, tally)
+                summarise(self.study, self.parent, self.info, self.study_dir, self.s.report, tally,
+                          ctx.report)
             unfinished = max(0, self.n_total - tally["complete"] - tally["pruned"]
                              - tally["running"])
             self.parent.end("FAILED" if unfinished and status == "FINISHED" else status)
