@@ -156,6 +156,25 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
 
 
 @pytest.mark.slow
+def test_cli_basic_sweep_goes_on_past_a_failed_run_and_exits_3(tmp_path, mlflow_uri):
+    """Hydra's own sweeper: a diverging run is one line, the next runs, the parent run ends
+    FAILED, the report is written, and the exit status is 3 with the retry command."""
+    ckpt = tmp_path / "t.pt"
+    save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
+                           "model": create_model("resnet8", num_classes=10).state_dict()})
+    p = cli(["-m", "schedule.lr=1e8,0.05", "teacher=resnet8", f"teacher.checkpoint={ckpt}",
+             *TINY], tmp_path, mlflow_uri)
+    assert p.returncode == 3, p.stderr[-3000:]
+    assert "error: loss became non-finite" in p.stderr
+    assert "kdsweep: 1 of 2 runs of this sweep failed" in p.stderr
+    mlflow.set_tracking_uri(mlflow_uri)
+    kd_runs = runs_of(filter_string="tags.method = 'kd'")
+    assert sorted(r.info.status for r in kd_runs) == ["FAILED", "FINISHED"]
+    (parent,) = runs_of(filter_string="tags.`kdsweep.role` = 'sweep'")
+    assert parent.info.status == "FAILED"
+
+
+@pytest.mark.slow
 def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):
     # Create the store first: two processes racing to create the SQLite schema is another matter.
     mlflow.set_tracking_uri(mlflow_uri)
