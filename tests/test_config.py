@@ -129,3 +129,18 @@ def test_unknown_method_key_is_refused(compose):
     with pytest.raises(ConfigError, match=r"method 'kd' has no option method\.beta; valid: "
                                           r"method\.T, method\.alpha"):
         create_method({"name": "kd", "beta": 3})
+
+
+def test_the_default_schedule_preset_repeats_no_default_of_the_code():
+    """conf/schedule/quick.yaml (the default run's schedule) writes only what differs from
+    ScheduleConf's defaults: each default is declared once, in code."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    from kdsweep.engine.optim import ScheduleConf
+
+    defaults = asdict(ScheduleConf())
+    preset = OmegaConf.to_container(OmegaConf.load(CONF / "schedule" / "quick.yaml"))
+    assert preset and not [k for k, v in preset.items() if defaults.get(k) == v]
+

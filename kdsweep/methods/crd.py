@@ -28,6 +28,9 @@ from kdsweep.models import ModelOutput
 log = logging.getLogger(__name__)
 
 CRD_MODES = ("exact", "relax", "in_batch")
+#: CRD's published CIFAR-100 settings (RepDistiller ``--feat_dim 128 --nce_k 16384 --nce_t 0.07
+#: --nce_m 0.5``), declared once: ``crd`` and ``modreduce``'s CRD peer take their defaults from here.
+FEAT_DIM, NCE_K, NCE_T, NCE_M = 128, 16384, 0.07, 0.5
 NCE_EPS = 1e-7  # RepDistiller's eps in the NCE posterior
 #: Random keys drawn at once when sampling negatives without replacement (64 MiB of float32).
 _SAMPLE_CHUNK = 1 << 24
@@ -249,8 +252,8 @@ class CRD(Method):
 
     needs_features = True
 
-    def __init__(self, feat_weight: Weight = 0.8, feat_dim: Count = 128, nce_k: Count = 16384,
-                 nce_t: Temperature = 0.07, nce_m: Fraction = 0.5,
+    def __init__(self, feat_weight: Weight = 0.8, feat_dim: Count = FEAT_DIM, nce_k: Count = NCE_K,
+                 nce_t: Temperature = NCE_T, nce_m: Fraction = NCE_M,
                  mode: Annotated[str, OneOf(CRD_MODES)] = "exact", ce_weight: Weight = 1.0,
                  kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()

@@ -33,7 +33,7 @@ from kdsweep.methods.base import (
     create_method,
     register_method,
 )
-from kdsweep.methods.crd import CRD_MODES
+from kdsweep.methods.crd import CRD_MODES, FEAT_DIM, NCE_K, NCE_M, NCE_T
 from kdsweep.methods.logits import kd_loss, logit_terms
 from kdsweep.models import ModelOutput
 
@@ -155,8 +155,8 @@ class ModReduce(Method):
                  online_weight_init: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.01,
                  online_growth_steps: Count = 24, online_start: Fraction = 0.0,
                  pcl_T: Temperature = 3.0, pcl_rampup: Fraction = 1 / 3, pcl_ema: Fraction = 0.999,
-                 feat_dim: Count = 128, nce_k: Count = 16384, nce_t: Temperature = 0.07,
-                 nce_m: Fraction = 0.5, crd_mode: Annotated[str, OneOf(CRD_MODES)] = "exact",
+                 feat_dim: Count = FEAT_DIM, nce_k: Count = NCE_K, nce_t: Temperature = NCE_T,
+                 nce_m: Fraction = NCE_M, crd_mode: Annotated[str, OneOf(CRD_MODES)] = "exact",
                  batch_size: Count | None = None):
         super().__init__()
         self.online = online
