@@ -107,6 +107,23 @@ def test_override_grammar_matches_hydra_optuna_sweeper():
     assert _space.format_value("0.5") == "'0.5'" and _space.format_value(1e-05) == "1e-05"
 
 
+def test_a_claim_is_free_when_its_owner_died_or_its_trial_failed():
+    import time as _time
+    from types import SimpleNamespace
+
+    from kdsweep import liveness
+    from kdsweep.sweep.claims import PENDING, Claim
+
+    now = _time.time()
+    dead = f"{liveness.owner()['host']}:999999999:1"  # no such process on this host
+    assert Claim("s", "p", f"{PENDING}x@{dead}", now).free({}, grace_period=60)
+    assert not Claim("s", "p", f"{PENDING}x@{liveness.owner_tag()}", now).free({}, 60)
+    assert Claim("s", "p", f"{PENDING}x@{liveness.owner_tag()}", now - 120).free({}, 60)
+    failed, done = SimpleNamespace(state=TrialState.FAIL), SimpleNamespace(state=TrialState.COMPLETE)
+    assert Claim("s", "p", "#3", now).free({3: failed}, 60)
+    assert not Claim("s", "p", "#3", now).free({3: done}, 60)
+
+
 def test_claims_are_atomic_and_pruner_is_read_from_the_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     a, b = Claims(url), Claims(url)

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from optuna.trial import TrialState
 from sqlalchemy import exc as sa_exc
+
+from kdsweep import liveness
 
 TABLE = "kdsweep_claims"
 PENDING = "pending:"
@@ -38,10 +41,6 @@ class Claim:
     def free(self, trials_by_number: Mapping[int, Any], grace_period: float) -> bool:
         """Can this claim be retaken? When its trial failed, or when it is pending and the
         sweeper that made it is dead (or it is older than ``grace_period`` seconds)."""
-        from optuna.trial import TrialState
-
-        from kdsweep import liveness
-
         if self.pending:  # made by a sweeper that died before it created the trial?
             if liveness.alive(liveness.parse_tag(self.owner)) is False:
                 return True

@@ -89,7 +89,7 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
     MLflow retries a refused HTTP request with exponential backoff for minutes, and a database
     server's connection for longer; a server that is down is a configuration problem, so one TCP
     connection decides first. A server that accepts the connection but answers slowly is still
-    retried by MLflow (urllib3 logs each retry as a warning).
+    left to MLflow's own retries.
     """
     import socket
 
