@@ -142,6 +142,84 @@ def test_claims_are_atomic_and_pruner_is_read_from_the_study(tmp_path):
     assert mask_url("postgresql://me:secret@db:5432/x") == "postgresql://me:***@db:5432/x"
 
 
+def _sweeper_node(**options):
+    """The ``hydra.sweeper`` node as Hydra composes it (TPE, median pruner), ``options`` merged in
+    (a wrong type raises as at composition), the defaults list consumed."""
+    import importlib
+
+    from omegaconf import OmegaConf
+
+    conf = importlib.import_module("hydra_plugins.kdsweep_optuna_sweeper.config")
+    node = OmegaConf.structured(conf.KDSweepOptunaSweeperConf)
+    node.sampler = OmegaConf.structured(conf.TPESamplerConfig)
+    node.pruner = OmegaConf.structured(conf.MedianPrunerConfig)
+    node.merge_with(options)
+    plain = OmegaConf.to_container(node)
+    plain.pop("defaults")
+    return OmegaConf.create(plain)
+
+
+def test_a_sweeper_option_is_declared_once_in_settings():
+    """The plugin's Hydra node is Settings' fields (same names, types, defaults) plus Hydra's own
+    keys, and Hydra hands every option to Settings: an option is added in settings.py alone."""
+    import dataclasses
+    import importlib
+    import typing
+
+    import hydra.utils
+
+    from kdsweep.sweep.settings import ReportSettings, Settings
+
+    conf = importlib.import_module("hydra_plugins.kdsweep_optuna_sweeper.config")
+    node_fields = {f.name: f for f in dataclasses.fields(conf.KDSweepOptunaSweeperConf)}
+    options = {f.name: f for f in dataclasses.fields(Settings)}
+    hydra_keys = {name for name, _, _ in conf.HYDRA_KEYS}
+    assert set(node_fields) == set(options) | hydra_keys
+    assert set(conf.GROUP_OPTIONS) <= set(options)
+    types = typing.get_type_hints(Settings)
+    for name, f in options.items():
+        if name not in conf.GROUP_OPTIONS:
+            n = node_fields[name]
+            assert (n.type, n.default, n.default_factory) == (types[name], f.default,
+                                                              f.default_factory), name
+    node = conf.KDSweepOptunaSweeperConf
+    assert node.__module__ == conf.__name__ and getattr(conf, node.__name__) is node  # pickles
+
+    sweeper = hydra.utils.instantiate(_sweeper_node(n_jobs=3, report={"metric": "final_val_acc"}))
+    s = sweeper.sweep_impl.s
+    assert isinstance(s, Settings) and (s.n_jobs, s.fuse) == (3, Settings.fuse)
+    assert s.report == ReportSettings(metric="final_val_acc")
+    assert s.pruner["_target_"] == "optuna.pruners.MedianPruner" and s.pruner["n_startup_trials"] == 5
+
+
+def test_every_sweeper_option_is_in_the_docs_table():
+    import dataclasses
+
+    from kdsweep.sweep.settings import ReportSettings, Settings
+
+    text = (ROOT / "docs" / "sweeps.md").read_text().split("## Configuration")[1].split("\n\n")
+    table = next(block for block in text if block.startswith("| key |"))
+    names = [f.name for f in dataclasses.fields(Settings) if f.name != "report"]
+    names += [f"report.{f.name}" for f in dataclasses.fields(ReportSettings)]
+    assert [n for n in names if f"`{n}`" not in table] == []
+
+
+@pytest.mark.parametrize("option,value", [("n_jobs", 0), ("fuse", 0), ("max_failure_rate", 1.5),
+                                          ("direction", "up"), ("grace_period", 5),
+                                          ("heartbeat_interval", 0)])
+def test_a_bad_sweeper_option_is_refused_in_one_line_naming_it(option, value, capsys):
+    import hydra.utils
+    from omegaconf.errors import ValidationError
+
+    with pytest.raises(SystemExit) as e:
+        hydra.utils.instantiate(_sweeper_node(**{option: value}))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: hydra.sweeper.") and option in err, err
+    with pytest.raises(ValidationError, match="n_jobs"):  # a wrong type: Hydra, at composition
+        _sweeper_node(n_jobs="abc")
+
+
 # ------------------------------------------------------------------------ real sweeps
 def test_two_sweepers_share_a_grid_without_repeating_a_point(tmp_path, teacher):
     """Two processes, one SQLite study, a 3 x 2 grid: each point runs exactly once; one MLflow

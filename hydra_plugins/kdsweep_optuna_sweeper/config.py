@@ -2,21 +2,25 @@
 
 Select it with ``hydra/sweeper=kdsweep_optuna``; pick a sampler with ``hydra/sweeper/sampler=grid``
 (tpe, random, grid, cmaes, nsgaii) and a pruner with ``hydra/sweeper/pruner=median`` (none,
-median, hyperband). The keys are those of hydra-optuna-sweeper (``params``, ``sampler``,
-``direction``, ``study_name``, ``storage``, ``n_trials``, ``n_jobs``, ``max_failure_rate``) so
-sweep configs port both ways; the additions are ``pruner``, ``points``, ``study_dir``, the
-heartbeat settings and ``report``. See docs/sweeps.md.
+median, hyperband). The sweeper's options are declared once, in
+:class:`kdsweep.sweep.settings.Settings` (name, type, default, meaning); this module builds the
+Hydra node from them and adds only Hydra's own keys and the sampler and pruner config groups. See
+docs/sweeps.md.
 
 This module is imported by Hydra's plugin scan on every ``run.py`` start: keep it light. No
 ``from __future__ import annotations`` here: the scan executes modules outside ``sys.modules``
 and dataclasses cannot resolve string annotations there.
 """
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+from kdsweep.sweep.settings import Settings
 
 PROVIDER = "kdsweep_optuna_sweeper"
 
@@ -103,57 +107,43 @@ class HyperbandPrunerConfig:
     bootstrap_count: int = 0
 
 
-@dataclass
-class ReportConfig:
-    """The Markdown tables and plots written to the study directory when a sweep ends."""
+#: The node's keys that are Hydra's, not the sweep's: the target class, and the defaults list
+#: that selects the sampler and pruner config groups.
+HYDRA_KEYS: list[tuple[str, Any, Any]] = [
+    ("_target_", str, field(default="hydra_plugins.kdsweep_optuna_sweeper.kdsweep_optuna_sweeper."
+                                    "KDSweepOptunaSweeper")),
+    ("_recursive_", bool, field(default=False)),  # sampler/pruner stay configs: the pruner is
+                                                  # stored with the study
+    ("defaults", list[Any], field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])),
+]
+#: Options that Hydra fills from a config group (hydra/sweeper/sampler, hydra/sweeper/pruner):
+#: their type and default here, everything else about them in Settings.
+GROUP_OPTIONS: dict[str, tuple[Any, Any]] = {"sampler": (SamplerConfig, MISSING),
+                                             "pruner": (Any, MISSING)}
 
-    enabled: bool = True
-    metric: str = "best_val_acc"  # the child runs' MLflow metric shown in the tables
-    rows: str | None = None       # override key of the table rows (default: first swept key)
-    cols: str | None = None       # override key of the columns (default: second swept key)
-    title: str | None = None
-    label_header: str | None = None  # header of the label column of one-row-per-point tables
-    published: str | None = None  # id of a published table (kdsweep.report.published) to compare
+
+def _node_fields() -> list[tuple[str, Any, Any]]:
+    """HYDRA_KEYS, then every option of :class:`kdsweep.sweep.settings.Settings` (name, type and
+    default from there, the config-group options typed as their group)."""
+    types = typing.get_type_hints(Settings)
+    out = list(HYDRA_KEYS)
+    for f in dataclasses.fields(Settings):
+        if f.name in GROUP_OPTIONS:
+            kind, default = GROUP_OPTIONS[f.name]
+            out.append((f.name, kind, field(default=default)))
+        else:
+            out.append((f.name, types[f.name],
+                        field(default=f.default, default_factory=f.default_factory)))
+    return out
 
 
-@dataclass
-class KDSweepOptunaSweeperConf:
-    _target_: str = "hydra_plugins.kdsweep_optuna_sweeper.kdsweep_optuna_sweeper.KDSweepOptunaSweeper"
-    _recursive_: bool = False  # sampler/pruner stay configs: the pruner is stored with the study
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
-
-    sampler: SamplerConfig = MISSING
-    pruner: Any = MISSING
-
-    # "maximize" (kdsweep's objective is the best validation accuracy) or "minimize".
-    # hydra-optuna-sweeper defaults to minimize: set it explicitly in configs that must port.
-    direction: str = "maximize"
-    # Any SQLAlchemy URL (sqlite:///..., postgresql://...). null: sqlite:///<study_dir>/optuna.db
-    storage: str | None = None
-    # null: "sweep-<hash of the swept and fixed overrides>", so the same command resumes its study
-    study_name: str | None = None
-    # null: <launch dir>/multirun/<study_name>; holds the default storage, sweep.json and the report
-    study_dir: str | None = None
-    # The study's total: a re-run only runs what is missing. null with a grid = the whole grid.
-    n_trials: int | None = 20
-    # Trials launched at once (one batch per launcher call): parallel with the joblib launcher.
-    n_jobs: int = 1
-    # Abort the sweep when more than this fraction of one batch failed (1.0: never abort).
-    max_failure_rate: float = 1.0
-    # Search space in Hydra's override grammar: choice(), range() (end included), interval(),
-    # tag(log, interval()); plain values are passed to every trial unchanged.
-    params: dict[str, Any] | None = None
-    # Explicit points instead of a product grid (a sparse grid, or a table of named variants):
-    # a list of {override_key: value} mappings, optional "_label_" for the report.
-    points: list[Any] | None = None
-    # A trial whose sweeper has not written a heartbeat for grace_period seconds is failed (and
-    # rerun) by the next sweeper of the study; dead processes on this host are detected at once.
-    heartbeat_interval: int = 20
-    grace_period: int = 60
-    report: ReportConfig = field(default_factory=ReportConfig)
-    # Fused trials: up to this many trials that share the data set, teacher, batch size, seed and
-    # epochs train as one job, with one batch stream and one teacher pass (1: every trial alone).
-    fuse: int = 1
+# Built from Settings, so a sweeper option is declared once (kdsweep/sweep/settings.py). A
+# module-level name equal to the class's own, in this module: launchers pickle composed configs,
+# which refer to their schema class by module and name.
+KDSweepOptunaSweeperConf = dataclasses.make_dataclass("KDSweepOptunaSweeperConf", _node_fields())
+KDSweepOptunaSweeperConf.__module__ = __name__
+KDSweepOptunaSweeperConf.__doc__ = ("``hydra/sweeper=kdsweep_optuna``: the options of "
+                                    "kdsweep.sweep.settings.Settings, and Hydra's keys.")
 
 
 def register() -> None:

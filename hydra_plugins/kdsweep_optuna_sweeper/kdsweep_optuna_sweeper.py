@@ -26,30 +26,16 @@ def _plain(x: Any) -> Any:
 
 
 class KDSweepOptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: str | None,
-                 study_name: str | None, study_dir: str | None, n_trials: int | None, n_jobs: int,
-                 max_failure_rate: float, params: Any, points: Any, heartbeat_interval: int,
-                 grace_period: int, report: Any, fuse: int = 1) -> None:
+    def __init__(self, **options: Any) -> None:
+        """``options``: the ``hydra.sweeper`` node, the fields of
+        :class:`kdsweep.sweep.settings.Settings` (config.py builds the node from them)."""
         from kdsweep.errors import SweepError
         from kdsweep.sweep.settings import Settings
         from kdsweep.sweep.study import Sweep
 
-        direction = _plain(direction)
-        if isinstance(direction, (list, tuple)):
-            if len(direction) != 1:
-                _refuse(SweepError("hydra.sweeper.direction: kdsweep runs return one value; use "
-                                   "a single direction (maximize or minimize)"))
-            direction = direction[0]
         try:
-            self.sweep_impl = Sweep(Settings(
-                sampler=dict(_plain(sampler) or {}),
-                pruner=dict(_plain(pruner) or {"_target_": "optuna.pruners.NopPruner"}),
-                direction=str(getattr(direction, "name", direction)).lower(), storage=storage,
-                study_name=study_name, study_dir=study_dir, n_trials=n_trials, n_jobs=int(n_jobs),
-                max_failure_rate=float(max_failure_rate), params=_plain(params),
-                points=_plain(points), heartbeat_interval=int(heartbeat_interval),
-                grace_period=int(grace_period), report=dict(_plain(report) or {}),
-                fuse=int(fuse)))
+            self.sweep_impl = Sweep(Settings.from_options(
+                {k: _plain(v) for k, v in options.items()}))
         except SweepError as e:
             _refuse(e)
         self.config: DictConfig | None = None

@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 
 from kdsweep.errors import SweepError
 from kdsweep.sweep.parent import ParentRun
+from kdsweep.sweep.settings import ReportSettings
 from kdsweep.sweep.space import format_override, format_value
 from kdsweep.sweep.storage import short
 from kdsweep.tracking import mask_tree, mask_url, runs_link
@@ -83,7 +84,7 @@ def write_sweep_json(info: Mapping[str, Any], folders: Iterable[Path], parent: P
 
 
 def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], study_dir: Path,
-              report: Mapping[str, Any], tally: Mapping[str, int],
+              report: ReportSettings, tally: Mapping[str, int],
               write_report: Callable[..., Any] | None = None) -> None:
     """Counts and the best trial on the parent run and stdout, then the report's tables
     (``write_report``: :func:`kdsweep.report.write_report`, handed in by the plugin: the report
@@ -126,10 +127,9 @@ def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], s
     lines.append(f"  study {study.study_name} in {mask_url(str(info['storage']))}; "
                  f"study dir {study_dir}")
     print("\n".join(lines), flush=True)
-    if report.get("enabled", True) and write_report is not None:
+    if report.enabled and write_report is not None:
         try:
-            rep = write_report(study_dir, metric=report.get("metric") or "best_val_acc",
-                               log_to_parent=True)
+            rep = write_report(study_dir, metric=report.metric, log_to_parent=True)
             print(rep.markdown, flush=True)
             print(f"  report: {rep.markdown_path}", flush=True)
         except Exception as e:  # a report problem must not lose the sweep's results

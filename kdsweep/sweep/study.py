@@ -12,9 +12,8 @@ Trials left RUNNING by a sweeper that died are failed first: at once when that p
 this host and is gone, otherwise when its heartbeat is older than ``grace_period``. With
 ``fuse=N``, up to N compatible trials run as one job (:mod:`kdsweep.sweep.jobs`).
 
-This module knows nothing of Hydra: the plugin under ``hydra_plugins/`` hands it a
-:class:`Context` (where to write, how to compose a trial's config, how to launch jobs). Only
-Optuna's public API is used.
+Knows nothing of Hydra: the plugin under ``hydra_plugins/`` hands it a :class:`Context` (where
+to write, how to compose a trial's config, how to launch jobs). Uses Optuna's public API only.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ class Sweep:
                      "experiment": ctx.experiment, "parent_run_id": self.parent.run_id,
                      "direction": self.s.direction, "sampler": self.s.sampler,
                      "pruner": self.s.pruner, "fuse": self.s.fuse, "space": space.describe(),
-                     "report": self.s.report}
+                     "report": asdict(self.s.report)}
         write_sweep_json(self.info, {self.study_dir, ctx.sweep_dir}, self.parent)
         mask_files(ctx.sweep_dir.glob("*.yaml"))  # Hydra's multirun.yaml holds the command line
         os.environ[STORAGE_ENV] = job_url(url)  # trials report here; never in an override
