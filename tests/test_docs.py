@@ -22,15 +22,18 @@ from pathlib import Path
 
 import pytest
 
+from kdsweep import extensions
+
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "kdsweep").glob("*/README.md"))]  # extensions' own (kdsweep/reducenet)
 REPO_DIRS = ("kdsweep/", "conf/", "docs/", "tests/", "benchmarks/", "tools/", "hydra_plugins/",
              ".ci/")
 REPO_FILES = ("run.py", "pyproject.toml", "README.md")
 #: Placeholders in documented paths and keys (``conf/dataset/NAME.yaml``, ``method.NAME``).
-PLACEHOLDER = re.compile(r"[A-Z]{2,}|[<>*{}\[\]$]|\.\.\.")
-GROUPS = ("dataset", "teacher", "student", "schedule", "train", "tracking", "sweep", "reducenet",
-          "method", "hydra.sweeper")
+PLACEHOLDER = re.compile(r"\b(?!README\b)[A-Z]{2,}\b|[<>*{}\[\]$]|\.\.\.")
+GROUPS = ("dataset", "teacher", "student", "schedule", "train", "tracking", "sweep", "method",
+          "hydra.sweeper", *(k for k in extensions.nodes() if "." not in k))
 
 
 def _ticks(text: str) -> list[str]:
@@ -60,7 +63,6 @@ def _schema_keys() -> set[str]:
     """Every dotted key of the run config, each method's options and the sweeper's options."""
     from kdsweep.config.schema import RunConfig
     from kdsweep.methods import get_method, hparams, list_methods
-    from kdsweep.reducenet.conf import ReduceNetConf
 
     keys: set[str] = set()
 
@@ -72,7 +74,8 @@ def _schema_keys() -> set[str]:
                 walk(type(sub), f"{prefix}{f.name}.")
 
     walk(RunConfig, "")
-    walk(ReduceNetConf, "reducenet.")
+    for key, node in extensions.nodes().items():  # a top-level node is null by default
+        walk(node, f"{key}.")
     keys |= {f"method.{hp.name}" for m in list_methods() for hp in hparams(get_method(m))}
     keys.add("method.name")
     import importlib
@@ -166,3 +169,12 @@ def test_every_documented_module_and_script_exists():
             if not (ROOT / script).is_file():
                 missing.append(f"{name}: {script}")
     assert not missing, missing
+
+
+def test_the_readme_lists_exactly_the_registered_extensions():
+    """README.md's list of extensions is the registry (kdsweep/extensions.py): removing an
+    extension's folder and line there makes this test name the entry to drop."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- BEGIN extensions -->")[1].split("<!-- END extensions -->")[0]
+    listed = re.findall(r"^- `([\w.]+)`", block, re.M)
+    assert listed == list(extensions.EXTENSIONS)

@@ -113,8 +113,13 @@ def test_every_model_file_is_discovered_and_registers_models():
     model_files = modules - kdsweep.models.INFRASTRUCTURE
     assert kdsweep.models.INFRASTRUCTURE <= modules
     assert {"resnet", "resnet_kuangliu", "torchvision_models", "wrn"} <= model_files
-    registering = {get_spec(n).constructor.__module__.rsplit(".", 1)[1] for n in ALL}
-    assert registering == model_files  # each file is imported and registers models
+    registering = {get_spec(n).constructor.__module__ for n in ALL}
+    core = {m.rsplit(".", 1)[1] for m in registering if m.startswith("kdsweep.models.")}
+    assert core == model_files  # each file is imported and registers models
+    from kdsweep import extensions
+
+    assert registering - {f"kdsweep.models.{m}" for m in core} == {
+        m for e in extensions.loaded() for m in e.models}  # and each extension's model files
 
 
 def _adding_a_model_recipe() -> str:

@@ -126,16 +126,6 @@ MEASURED_C100 = {
     "ShuffleV2_0_5": 443_716,
     "ShuffleV2_1_5": 2_580_548,
     "ShuffleV2_2_0": 5_521_860,
-    # ReduceNet: resnet8/20/56 + bottleneck branches (kdsweep/models/reducenet.py)
-    "reduce8": 115_060,
-    "reduce8_e2": 146_004,
-    "reduce8_e4": 207_892,
-    "reduce20": 417_908,
-    "reduce20_e2": 556_820,
-    "reduce20_e4": 834_644,
-    "reduce56": 1_326_452,
-    "reduce56_e2": 1_789_268,
-    "reduce56_e4": 2_714_900,
 }
 
 ALL = list_models()

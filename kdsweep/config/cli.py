@@ -18,6 +18,7 @@ accept, is left to Hydra unchecked.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,9 +134,27 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config",
     except KDSweepError as err:
         return str(err)
     except Exception as err:
-        return one_line(err)
+        return _unset_node(list(args.overrides)) or one_line(err)
     finally:
         GlobalHydra.instance().clear()
+    return None
+
+
+def _unset_node(overrides: list[str]) -> str | None:
+    """An override below an extension's top-level node that no preset of the command set (Hydra
+    says only "Unexpected type for root: NoneType"): which presets set it."""
+    from kdsweep import extensions
+
+    tops = {k for k in extensions.nodes() if "." not in k}
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        head = key.split(".", 1)[0]
+        if head in tops and "." in key:
+            presets = sorted(f"experiment={p.stem}" for e in extensions.loaded() if e.presets
+                             for p in (e.presets / "experiment").glob("*.yaml")
+                             if re.search(rf"^{head}:", p.read_text(), re.M))
+            return (f"{key}: {head} is null unless a preset sets it; valid: "
+                    + (", ".join(presets) or "none"))
     return None
 
 

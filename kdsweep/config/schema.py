@@ -12,14 +12,15 @@ method's ``__init__``), and the YAML files under ``conf/`` are presets that diff
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from omegaconf import MISSING
 
+from kdsweep import extensions
 from kdsweep.data.build import DatasetConf
 from kdsweep.engine.optim import ScheduleConf
-from kdsweep.reducenet.conf import ReduceNetConf, StudentAdaptConf
 
 
 @dataclass
@@ -36,8 +37,7 @@ class StudentConf:
     name: str = MISSING
     pretrained: bool = False
     init: str | None = None         # a checkpoint whose tensors initialise the student by name
-    adapt: StudentAdaptConf = field(default_factory=StudentAdaptConf)  # frozen modules, LoRA
-                                    # branches fused at the end (kdsweep/run/adapt.py)
+                                    # (kdsweep/run/student_init.py)
 
 
 @dataclass
@@ -96,4 +96,32 @@ class RunConfig:
     train: TrainConf = field(default_factory=TrainConf)
     tracking: TrackingConf = field(default_factory=TrackingConf)
     sweep: SweepConf = field(default_factory=SweepConf)
-    reducenet: ReduceNetConf | None = None  # experiment=reducenet: three stages (run/stages.py)
+
+
+def _with_extensions(schema: type, prefix: str = "") -> type:
+    """``schema`` with the config nodes the extensions add below ``prefix`` (kdsweep/extensions.py):
+    a node of this level is a new field (a top-level one null unless set, a nested one with its
+    defaults); a node deeper down extends the field's own schema. The class keeps its name and
+    module, so a composed config still pickles (launchers send configs to other processes)."""
+    added = {k.removeprefix(prefix): v for k, v in extensions.nodes().items()
+             if k.startswith(prefix)}
+    if not added:
+        return schema
+    new: list[tuple[str, Any, Any]] = []
+    for f in dataclasses.fields(schema):
+        if any(k.startswith(f"{f.name}.") for k in added):
+            sub = _with_extensions(type(f.default_factory()), f"{prefix}{f.name}.")
+            new.append((f.name, sub, field(default_factory=sub)))
+    for key, node in added.items():
+        if "." not in key:
+            new.append((key, node | None, field(default=None)) if not prefix else
+                       (key, node, field(default_factory=node)))
+    cls = make_dataclass(schema.__name__, new, bases=(schema,))
+    cls.__module__, cls.__qualname__ = schema.__module__, schema.__qualname__
+    globals()[schema.__name__] = cls  # what pickle finds under the class's name
+    return cls
+
+
+# The schemas with the extensions' nodes (``reducenet``, ``student.adapt``) replace these names
+# (RunConfig, and StudentConf below it).
+_with_extensions(RunConfig)

@@ -9,6 +9,7 @@ constructors and no other edit.
 import importlib
 import pkgutil
 
+from kdsweep import extensions
 from kdsweep.models.features import FeatureTap, ModelOutput, bn_margin, resolve_module
 from kdsweep.models.profile import count_macs, count_parameters
 from kdsweep.models.registry import (
@@ -29,6 +30,8 @@ INFRASTRUCTURE = frozenset({"registry", "features", "profile", "layers"})
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_") and _module.name not in INFRASTRUCTURE:
         importlib.import_module(f"{__name__}.{_module.name}")
+# ... and the extensions' model files (kdsweep/extensions.py), e.g. kdsweep/reducenet/network.py.
+extensions.import_models()
 
 __all__ = [
     "FeatureSpec",

@@ -1,7 +1,26 @@
-"""ReduceNet's own parts (docs/reducenet.md): the stage-3 LoRA branches with VanillaNet's
-LambdaReLU and their fusion (:mod:`~kdsweep.reducenet.lora`), and the config schemas
-(:mod:`~kdsweep.reducenet.conf`). The network is :mod:`kdsweep.models.reducenet`; the student
-hook is :mod:`kdsweep.run.adapt`; the three-stage driver is :mod:`kdsweep.run.stages`.
+"""ReduceNet ("Grow, Shrink, Distill", public code ohmydroid/reducenet) as a kdsweep extension
+(:mod:`kdsweep.extensions`); everything it adds lives in this folder (README.md):
 
-Nothing is imported here, so that the layers below ``kdsweep.run`` can import these modules.
+- ``network.py``: the networks ``reduce8/20/56`` (``_e2``, ``_e4``), in the model registry;
+- ``schema.py``: the config nodes ``reducenet`` and ``student.adapt``;
+- ``lora.py``: LoRA branches with VanillaNet's LambdaReLU, and their fusion;
+- ``adapt.py``: ``student.adapt`` for any run; ``stages.py``: the three stages as one command;
+  ``hooks.py``: both, plugged into the pipeline;
+- ``conf/experiment/``: the presets ``experiment=reducenet`` and ``reducenet_cifar10``;
+- ``benchmark.py`` and ``tests/``.
+
+This module imports only the config schemas: the lowest layers read ``EXTENSION``.
 """
+
+from pathlib import Path
+
+from kdsweep.extensions import Extension
+from kdsweep.reducenet.schema import ReduceNetConf, StudentAdaptConf
+
+EXTENSION = Extension(
+    name="reducenet",
+    nodes={"reducenet": ReduceNetConf, "student.adapt": StudentAdaptConf},
+    models=("kdsweep.reducenet.network",),
+    hooks="kdsweep.reducenet.hooks:ReduceNetHooks",
+    presets=Path(__file__).parent / "conf",
+)

@@ -17,11 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdsweep.engine import DONE, PRUNED
 from kdsweep.errors import Pruned
+from kdsweep.run.hooks import driver
 from kdsweep.run.pipeline import run, run_cohort
 from kdsweep.run.plan import Job
 from kdsweep.run.preflight import check_run
-from kdsweep.run.stages import check as check_stages
-from kdsweep.run.stages import run_reducenet, run_reducenet_cohort
 from kdsweep.tracking import check_reachable, mask_files
 
 
@@ -31,9 +30,10 @@ def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) ->
     if members_file:
         return run_fused(Path(members_file), Path(output_dir), cfg)
     try:
-        if cfg.get("reducenet") is not None:  # experiment=reducenet: three stages (run/stages.py)
-            return run_reducenet(cfg, output_dir=output_dir, overrides=overrides,
-                                 label=_label(cfg)).best_val_acc
+        ext = driver(cfg)  # an extension's job (experiment=reducenet: three stages)
+        if ext is not None:
+            return ext.run_job(cfg, output_dir=output_dir, overrides=overrides,
+                               label=_label(cfg)).best_val_acc
         return run(cfg, output_dir=output_dir, overrides=overrides,
                    label=_label(cfg)).best_val_acc
     except Pruned as e:
@@ -45,13 +45,15 @@ def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) ->
 def check(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (),
           *, reach: bool = True) -> None:
     """Everything a job would refuse before its work: the checks of each run it makes
-    (:func:`kdsweep.run.preflight.check_run`; for ``experiment=reducenet`` each of its stages) and,
+    (:func:`kdsweep.run.preflight.check_run`; an extension's job driver checks its own runs,
+    e.g. each of ReduceNet's stages) and,
     with ``reach``, that a tracking server accepts connections. Raises a
     :class:`~kdsweep.errors.KDSweepError` (one line)."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(dict(cfg))
-    if cfg.get("reducenet") is not None:  # experiment=reducenet: each of its stages
-        check_stages(cfg, overrides)
+    ext = driver(cfg)
+    if ext is not None:
+        ext.check_job(cfg, overrides)
     else:
         check_run(cfg)
     if reach:
@@ -83,10 +85,8 @@ def run_fused(members_file: Path, output_dir: Path, job_cfg: DictConfig) -> dict
                                           "members_file": None}})
         jobs.append(Job(cfg, output_dir.parent / str(m["number"]), list(m["overrides"]),
                         label=label))
-    if any(j.cfg.get("reducenet") is not None for j in jobs):  # ReduceNet trials (run/stages.py)
-        results = run_reducenet_cohort(jobs)
-    else:
-        results = run_cohort(jobs)
+    ext = driver(jobs[0].cfg)  # an extension's trials (ReduceNet's: their stages)
+    results = ext.run_cohort(jobs) if ext is not None else run_cohort(jobs)
     out: dict[int, Any] = {}
     for m, r in zip(spec["members"], results, strict=True):
         if r.status == DONE:

@@ -43,7 +43,7 @@ from kdsweep.engine.memory import keep_freed_memory
 from kdsweep.engine.peers import PeerGroup
 from kdsweep.errors import ConfigError
 from kdsweep.models import count_macs, count_parameters, create_model
-from kdsweep.run import adapt, preflight, record
+from kdsweep.run import hooks, preflight, record, student_init
 from kdsweep.run.plan import Job, Plan, RunResult
 from kdsweep.run.resume import Previous, find_finished, find_resumable, run_key
 from kdsweep.run.teachers import (
@@ -220,8 +220,10 @@ def _train_and_record(plans: Sequence[Plan], cohort: Cohort, env: record.Env) ->
     finally:
         cohort.close()
     wall = time.perf_counter() - started
-    for p in plans:  # student.adapt: LoRA branches fused, the fused student becomes best.pt
-        adapt.finish(p, env.data, cohort.precision, p.cfg.train.limit_val_batches)
+    for p in plans:  # the extensions' (ReduceNet's student.adapt: LoRA branches fused)
+        student_init.finish(p)
+        for h in hooks.loaded():
+            h.finish(p, env.data, cohort.precision, p.cfg.train.limit_val_batches)
     results = [record.finish(p, env, wall) for p in plans]
     if env.main:
         print(record.summary(plans, env, results), flush=True)
@@ -329,7 +331,9 @@ def _member(p: Plan, data: DataBundle, rt: Runtime) -> Member:
     p.method.to(device)
     p.stats = {"student_params": count_parameters(students[0]),
                "student_macs": count_macs(students[0], data.image_size, device=device)}
-    p.stats.update(adapt.prepare(students[0], cfg, data))  # student.init / student.adapt
+    student_init.prepare(students[0], cfg, data)  # student.init
+    for h in hooks.loaded():  # the extensions' (ReduceNet's student.adapt)
+        p.stats.update(h.prepare(students[0], cfg, data))
     if peer_methods is None:
         return Member(record.run_name(p), students[0], p.method, schedule, arch=cfg.student.name,
                       rng=RngStream(device))

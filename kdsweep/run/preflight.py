@@ -1,8 +1,9 @@
 """Every check a run makes before any work, in one place: a composed config in, one line out.
 
 :func:`check_run` checks one run; :func:`kdsweep.run.job.check` checks a job (one run, or the
-three stages of ``experiment=reducenet``) and that the tracking server is reachable. Three callers
-make the same checks, so a value refused in one place is refused in all:
+runs an extension's job driver makes, e.g. ReduceNet's three stages) and that the tracking
+server is reachable. Three callers make the same checks, so a value refused in one place is
+refused in all:
 
 * the pipeline (:func:`kdsweep.run.pipeline.run_cohort`), for each member of a cohort;
 * ``run.py``, before Hydra starts: a refused single run writes nothing (no output folder, no
@@ -12,8 +13,8 @@ make the same checks, so a value refused in one place is refused in all:
 
 What is checked: keys and value ranges and the rules across keys (:func:`kdsweep.config.validate`),
 model names, the data set's values and files, the method's hyper-parameters, teacher and student
-checkpoint files, ``student.adapt``, the tracking URI (scheme, SQLite file, a server that accepts
-connections), and for ``experiment=reducenet`` each of its three stages.
+checkpoint files, ``student.init``, the extensions' own checks (:meth:`kdsweep.run.hooks.RunHooks.check`),
+the tracking URI (scheme, SQLite file, a server that accepts connections).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kdsweep.config import validate
 from kdsweep.data import check_dataset
 from kdsweep.engine import check_checkpoint_file
 from kdsweep.methods import Method, create_method
-from kdsweep.run import adapt
+from kdsweep.run import hooks, student_init
 from kdsweep.tracking import check_uri, sqlite_path
 from kdsweep.tracking.store import check_sqlite_file
 
@@ -37,7 +38,9 @@ def check_run(cfg: DictConfig) -> Method:
     checkpoint = cfg.teacher.get("checkpoint") if cfg.get("teacher") else None
     if method.needs_teacher and checkpoint:
         check_checkpoint_file(checkpoint)
-    adapt.check(cfg, method)  # student.init / student.adapt
+    student_init.check(cfg, method)
+    for h in hooks.loaded():  # e.g. ReduceNet's student.adapt
+        h.check(cfg, method)
     uri = str(cfg.tracking.uri)
     check_uri(uri)
     path = sqlite_path(uri)

@@ -1,6 +1,6 @@
 """ReduceNet: training throughput of each stage, and what the CIFAR-10 preset costs on this machine.
 
-    python benchmarks/bench_reducenet.py [--steps 20] [--batch 128] [--device cuda]
+    python -m kdsweep.reducenet.benchmark [--steps 20] [--batch 128] [--device cuda]
 
 Measures images/s of the fastest of ``--steps`` training steps (the one least disturbed by other
 processes on a shared machine; a GPU step is synchronised) (forward, backward, SGD) of each stage's network as

@@ -1,6 +1,6 @@
 """Family ``reducenet``: ReduceNet-20/56, CIFAR ResNets grown by a non-linear bottleneck branch.
 
-ReduceNet ("Grow, Shrink, Distill", public code ohmydroid/reducenet, ``models/reducenet.py``): a
+ReduceNet ("Grow, Shrink, Distill", public code ohmydroid/reducenet, its ``models/reducenet.py``): a
 residual block has two branches before its final 3x3 convolution, a non-linear **bottleneck**
 branch (Conv3x3-BN-ReLU then Conv1x1-BN-ReLU, ``expansion`` x the block's width inside) and a
 single-layer branch (Conv3x3-BN-ReLU); their sum goes through Conv3x3-BN, the shortcut is added
@@ -8,7 +8,7 @@ and a ReLU follows. Without the bottleneck branch the block *is* RepDistiller's 
 ``BasicBlock`` (:mod:`kdsweep.models.resnet`), and the modules keep its names (``conv1``/``bn1``
 = the single-layer branch, ``conv2``/``bn2`` = the final convolution, ``downsample``), so
 ``reduce20`` minus every ``*.bottleneck.*`` tensor is exactly ``resnet20``: the ReduceNet student
-is a subnetwork of its teacher, and weights move between the two by name (docs/reducenet.md).
+is a subnetwork of its teacher, and weights move between the two by name (kdsweep/reducenet/README.md).
 
 Names: ``reduce20``/``reduce56`` (expansion 1, the public code's default), ``reduce20_e2``,
 ``reduce20_e4``, ``reduce56_e2``, ``reduce56_e4``; the small network is ``resnet20``/``resnet56``.
@@ -21,7 +21,7 @@ and no ReLU follows the residual addition; here each branch has its own BN-ReLU 
 describes and the block is post-activation like He et al.'s CIFAR ResNets, which is what makes
 the small network exactly ``resnet20``. The public code blocks the bottleneck by multiplying it
 by a scalar 0; here stage 1 trains ``resnet20`` itself and stage 2 adds freshly initialised
-bottleneck branches (:mod:`kdsweep.run.stages`).
+bottleneck branches (:mod:`kdsweep.reducenet.stages`).
 
 Features: as family ``resnet`` (f0 = stem, f1..f3 = stage outputs, pre-activation = the last
 block's residual sum, BN-before-ReLU = the last block's ``bn2``).

@@ -1,4 +1,4 @@
-"""ReduceNet's three stages as one command: grow, shrink, distil (docs/reducenet.md).
+"""ReduceNet's three stages as one command: grow, shrink, distil (kdsweep/reducenet/README.md).
 
 ``python run.py experiment=reducenet [student=reduce56] [reducenet.expansion=2] [method=dkd]``
 derives three ordinary kdsweep runs from the composed config, each its own MLflow run:
@@ -9,7 +9,7 @@ derives three ordinary kdsweep runs from the composed config, each its own MLflo
    ``resnetD`` tensors initialised from stage 1 (``student.init``), the bottlenecks fresh;
 3. **shrink**: ``resnetD`` initialised from stage 2 with the bottlenecks dropped, the classifier
    frozen, a LoRA branch of ``reducenet.rank`` beside each convolution with an optional
-   LambdaReLU, fused at the end (``student.adapt``, :mod:`kdsweep.run.adapt`); trained with the
+   LambdaReLU, fused at the end (``student.adapt``, :mod:`kdsweep.reducenet.adapt`); trained with the
    config's method (``kd`` by default) and stage 2's network as its teacher.
 
 Stages 1-2 use ``schedule`` with ``reducenet.teacher_schedule`` on top (and ``small_epochs`` /
@@ -45,9 +45,9 @@ from kdsweep.engine import DONE, resolve_device
 from kdsweep.engine.optim import ScheduleConf
 from kdsweep.errors import ConfigError
 from kdsweep.models import get_spec, list_models
-from kdsweep.models.reducenet import EXPANSIONS, teacher_name
-from kdsweep.reducenet.conf import ReduceNetConf, StudentAdaptConf, typed_node
-from kdsweep.run.adapt import adapt_conf
+from kdsweep.reducenet.adapt import adapt_conf
+from kdsweep.reducenet.network import EXPANSIONS, teacher_name
+from kdsweep.reducenet.schema import ReduceNetConf, StudentAdaptConf, typed_node
 from kdsweep.run.pipeline import plan_job, run, run_cohort
 from kdsweep.run.plan import Job, RunResult
 from kdsweep.run.record import fmt_count

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from conftest import numeric_keys, probe_range
 from kdsweep.engine import load_checkpoint, load_model_weights
 from kdsweep.errors import ConfigError
 from kdsweep.models import FeatureTap, count_macs, count_parameters, create_model
+from kdsweep.reducenet import stages
 from kdsweep.reducenet.lora import FuseError, attach_lora, fuse_lora, lora_of
-from kdsweep.run import stages
+from kdsweep.reducenet.stages import run_reducenet
 from kdsweep.run.resume import OWNER_TAG
-from kdsweep.run.stages import run_reducenet
 
 TINY = ["schedule.epochs=1", "schedule.batch_size=16", "train.limit_train_batches=2",
         "train.limit_val_batches=1", "schedule.eval_batch_size=50", "train.progress=false",
@@ -66,6 +67,48 @@ def stage_runs(client: MlflowClient, experiment: list[str]) -> dict[str, list]:
 
 
 # ------------------------------------------------------------------------------ the block
+#: Measured when the networks were written (100 classes), kept as regression values.
+PARAMS_C100 = {"reduce8": 115_060, "reduce8_e2": 146_004, "reduce8_e4": 207_892,
+               "reduce20": 417_908, "reduce20_e2": 556_820, "reduce20_e4": 834_644,
+               "reduce56": 1_326_452, "reduce56_e2": 1_789_268, "reduce56_e4": 2_714_900}
+
+
+def test_the_extension_registers_its_networks_nodes_and_presets(compose):
+    from kdsweep.models import get_spec, list_models
+
+    assert {n for n in list_models() if get_spec(n).family == "reducenet"} == set(PARAMS_C100)
+    for name, n in PARAMS_C100.items():
+        assert count_parameters(create_model(name, 100)) == n, name
+    cfg = compose(["experiment=reducenet"])  # a preset of this folder, a node of its schema
+    assert cfg.reducenet.rank == 4 and cfg.student.adapt.lora_rank == 0
+    assert compose([]).reducenet is None
+
+
+#: Which probes (conftest.PROBES) each numeric option of the extension's nodes accepts.
+ACCEPTS = {"student.adapt.lora_rank": {"zero"}, "student.adapt.anneal": set(),
+           "reducenet.expansion": set(), "reducenet.small_epochs": set(),
+           "reducenet.grow_epochs": set(), "reducenet.anneal": set(),
+           "reducenet.rank": set()}  # 0 is refused by the preset's lambda_relu=true (needs LoRA)
+
+
+def _numeric_keys() -> list[tuple[str, bool]]:
+    from kdsweep.config.schema import RunConfig
+    from kdsweep.reducenet.schema import ReduceNetConf
+
+    return [kv for kv in numeric_keys(RunConfig) if kv[0].startswith("student.adapt.")] + \
+        numeric_keys(ReduceNetConf, "reducenet.")
+
+
+def test_every_numeric_option_has_a_decision():
+    assert sorted(k for k, _ in _numeric_keys()) == sorted(ACCEPTS)
+
+
+@pytest.mark.parametrize("key,is_list", _numeric_keys(), ids=[k for k, _ in _numeric_keys()])
+def test_nonsense_values_are_refused_in_one_line(compose, key, is_list):
+    base = ["experiment=reducenet", "student=reduce8"] if key.startswith("reducenet.") else []
+    probe_range(compose, key, is_list, ACCEPTS[key], base)
+
+
 def test_reduce20_is_resnet20_plus_bottleneck_branches():
     torch.manual_seed(0)
     teacher, student = create_model("reduce20", 10), create_model("resnet20", 10)
@@ -146,7 +189,7 @@ def test_fusing_is_refused_until_lambda_relu_is_the_identity():
 def test_student_init_grows_shrinks_and_refuses_what_does_not_fit(tmp_path):
     from kdsweep.engine import save_checkpoint
     from kdsweep.errors import CheckpointError
-    from kdsweep.run.adapt import load_init
+    from kdsweep.run.student_init import load_init
 
     torch.manual_seed(0)
     small = create_model("resnet20", 10)
@@ -275,7 +318,7 @@ def test_presets_compose_and_debug_smoke_runs_reducenet8(compose, capsys, tmp_pa
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["method=modreduce", "student.adapt.lora_rank=2"], "do not apply to method=modreduce"),
+    (["method=modreduce", "student.adapt.lora_rank=2"], "does not apply to method=modreduce"),
     (["train.compile=true", "student.adapt.lora_rank=2"], "needs train.compile=false"),
     (["student.adapt.lora_rank=2", "student.adapt.anneal=2"], "student.adapt.anneal=2"),
     (["student.adapt.lambda_relu=true"], "needs LoRA branches"),
@@ -307,3 +350,15 @@ def test_bad_settings_are_refused_before_any_work(compose, mlflow_uri, tmp_path,
                       overrides=[override])
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_reducenet_key_without_its_preset_names_the_presets():
+    from pathlib import Path
+
+    from kdsweep.config.cli import check
+
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    assert check(["reducenet.rank=3"], conf) == (
+        "reducenet.rank: reducenet is null unless a preset sets it; valid: "
+        "experiment=reducenet, experiment=reducenet_cifar10")
+    assert check(["experiment=reducenet", "reducenet.rank=3", "--cfg", "job"], conf) is None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import typing
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 SHARED_CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10-jpg"
 
 
@@ -81,3 +83,59 @@ def resnet14_teacher(tmp_path: Path) -> str:
     save_checkpoint(path, {"arch": "resnet14", "num_classes": 10,
                            "model": create_model("resnet14", num_classes=10).state_dict()})
     return str(path)
+
+
+# ------------------------------------------------------------------ range probes (test_ranges.py)
+PROBES = {"neg": "-1", "zero": "0", "huge": "1000000000000", "inf": "inf", "nan": "nan"}
+
+
+def numeric_keys(schema: type, prefix: str = "") -> list[tuple[str, bool]]:
+    """(key, is_list) of every int/float option of ``schema``, nested schemas included."""
+    hints = typing.get_type_hints(schema)
+    out: list[tuple[str, bool]] = []
+    for f in fields(schema):
+        sub = f.default_factory() if callable(f.default_factory) else None
+        if is_dataclass(sub):
+            out += numeric_keys(type(sub), f"{prefix}{f.name}.")
+            continue
+        t = hints[f.name]
+        args = typing.get_args(t) or (t,)
+        is_list = typing.get_origin(t) is list
+        if is_list:
+            args = typing.get_args(t)
+        if any(a in (int, float) for a in args):
+            out.append((f"{prefix}{f.name}", is_list))
+    return out
+
+
+def extension_keys(key: str) -> bool:
+    """Whether ``key`` is an option of a config node an extension adds (kdsweep/extensions.py)."""
+    from kdsweep import extensions
+
+    return any(key == n or key.startswith(f"{n}.") for n in extensions.nodes())
+
+
+def probe_range(compose, key: str, is_list: bool, accepts: set[str], base: list[str] = ()) -> None:
+    """Each of :data:`PROBES` as ``key``'s value is refused in one line naming the key (at
+    composition or by the checks before any work), unless it is in ``accepts``."""
+    from omegaconf import OmegaConf
+
+    from kdsweep.errors import KDSweepError
+    from kdsweep.run.job import check
+
+    for probe, text in PROBES.items():
+        override = f"{key}=[{text}]" if is_list else f"{key}={text}"
+        try:
+            cfg = compose([*base, override])
+        except Exception as e:  # Hydra refuses the type (an int option given inf or nan)
+            assert probe not in accepts, (override, e)
+            continue
+        plain = OmegaConf.create({k: v for k, v in OmegaConf.to_container(cfg).items()})
+        try:
+            check(plain, [*base, override], reach=False)
+        except KDSweepError as e:
+            message = str(e)
+            assert probe not in accepts, (override, message)
+            assert "\n" not in message and key.rsplit(".", 1)[-1] in message, (override, message)
+        else:
+            assert probe in accepts, f"{override} was accepted"

@@ -1,9 +1,10 @@
-"""Schemas of the two config nodes ReduceNet adds (registered through :mod:`kdsweep.config.schema`).
+"""Schemas of the two config nodes ReduceNet adds (``EXTENSION.nodes``, made part of the run
+config by :mod:`kdsweep.config.schema`).
 
 - ``student.adapt`` (:class:`StudentAdaptConf`): what is done to a student after it is built and
   initialised (``student.init``): frozen modules, LoRA branches with an optional LambdaReLU, fused
-  at the end (:mod:`kdsweep.run.adapt`). Usable with any student; ReduceNet's stage 3 sets it.
-- ``reducenet`` (:class:`ReduceNetConf`): the three-stage pipeline (:mod:`kdsweep.run.stages`),
+  at the end (:mod:`kdsweep.reducenet.adapt`). Usable with any student; ReduceNet's stage 3 sets it.
+- ``reducenet`` (:class:`ReduceNetConf`): the three-stage pipeline (:mod:`kdsweep.reducenet.stages`),
   set by ``experiment=reducenet``; null for every other run.
 """
 

@@ -1,61 +1,36 @@
-"""The student hook: ``student.init`` and ``student.adapt``, for any student (ReduceNet uses both).
+"""``student.adapt``: frozen modules and LoRA branches fused at the end, for any student
+(ReduceNet's stage 3 sets it; :mod:`kdsweep.reducenet.stages`).
 
-- ``student.init=PATH``: after the student is built, every tensor of the checkpoint whose name and
-  shape the student has is copied into it; the student's other tensors keep their fresh
-  initialisation ("grow": ReduceNet's bottleneck branches) and the checkpoint's other tensors are
-  dropped ("shrink"). A name with another shape, another class count, or no name in common is
-  refused with one line. The counts are logged as params ``init.tensors_loaded``, ``_fresh``,
-  ``_dropped``.
-- ``student.adapt``: ``freeze`` (module paths whose parameters are not trained, e.g. ``[fc]``),
-  ``lora_rank`` (a LoRA branch beside every convolution, :mod:`kdsweep.reducenet.lora`),
-  ``lambda_relu`` and ``anneal`` (VanillaNet's LambdaReLU in the branch, ReLU -> identity over
-  that fraction of the steps). When the run finishes, the branches are fused into their
-  convolutions: the student is then exactly the plain architecture (same tensors, parameters and
-  MACs, checked), ``checkpoints/best.pt`` holds the fused final weights, and ``best_val_acc`` is
-  the fused student's validation accuracy (the training-time best is ``unfused_best_val_acc``).
+``freeze`` (module paths whose parameters are not trained, e.g. ``[fc]``), ``lora_rank`` (a LoRA
+branch beside every convolution, :mod:`kdsweep.reducenet.lora`), ``lambda_relu`` and ``anneal``
+(VanillaNet's LambdaReLU in the branch, ReLU -> identity over that fraction of the steps). When
+the run finishes, the branches are fused into their convolutions: the student is then exactly the
+plain architecture (same tensors, parameters and MACs, checked), ``checkpoints/best.pt`` holds the
+fused final weights, and ``best_val_acc`` is the fused student's validation accuracy (the
+training-time best is ``unfused_best_val_acc``).
 
-The pipeline calls :func:`check` before any work, :func:`prepare` once the student is built and
-:func:`finish` after training, before the run's record is closed.
+The run hooks (:class:`kdsweep.reducenet.hooks.ReduceNetHooks`) call :func:`check` before any
+work, :func:`prepare` once the student is built and :func:`finish` after training, before the
+run's record is closed.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import weakref
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from kdsweep.data.build import launch_dir
-from kdsweep.engine import (
-    DONE,
-    FAILED,
-    check_checkpoint_file,
-    evaluate,
-    load_checkpoint,
-    save_checkpoint,
-)
-from kdsweep.engine.checkpoint import FORMAT
-from kdsweep.errors import CheckpointError, ConfigError, KDSweepError
+from kdsweep.engine import DONE, FAILED, evaluate, save_checkpoint
+from kdsweep.errors import ConfigError, KDSweepError
 from kdsweep.models import count_macs, count_parameters, create_model, resolve_module
-from kdsweep.reducenet.conf import StudentAdaptConf, typed_node
 from kdsweep.reducenet.lora import attach_lora, fuse_lora, lora_of
+from kdsweep.reducenet.schema import StudentAdaptConf, typed_node
 from kdsweep.run.callbacks import Checkpoints
 
-__all__ = ["adapt_conf", "check", "finish", "init_path", "load_init", "prepare"]
-
-#: What ``student.init`` loaded into each student, logged when its run finishes.
-_INIT_COUNTS: weakref.WeakKeyDictionary[nn.Module, dict[str, int]] = weakref.WeakKeyDictionary()
-
-
-def init_path(value: str) -> Path:
-    """``student.init`` as a file: relative paths are relative to the launch directory."""
-    path = Path(str(value)).expanduser()
-    return path if path.is_absolute() else launch_dir() / path
+__all__ = ["adapt_conf", "check", "finish", "prepare"]
 
 
 def adapt_conf(node: Any) -> StudentAdaptConf | None:
@@ -84,19 +59,18 @@ def adapt_conf(node: Any) -> StudentAdaptConf | None:
 
 
 def check(cfg: Mapping[str, Any], method: Any = None) -> None:
-    """Refuse a bad ``student.init`` / ``student.adapt`` before any work."""
+    """Refuse a bad ``student.adapt`` before any work."""
     student = cfg["student"]
-    if student.get("init"):
-        check_checkpoint_file(init_path(student["init"]))
     conf = adapt_conf(student.get("adapt"))
-    used = bool(student.get("init")) or (conf is not None and conf != StudentAdaptConf())
-    if used and hasattr(method, "peer_methods"):
-        raise ConfigError(f"student.init / student.adapt do not apply to method={method.name}, "
-                          "which trains several peer students; remove them")
-    if conf and conf.lora_rank and cfg["train"].get("compile"):
+    if conf is None or conf == StudentAdaptConf():
+        return
+    if hasattr(method, "peer_methods"):
+        raise ConfigError(f"student.adapt does not apply to method={method.name}, which trains "
+                          "several peer students; remove it")
+    if conf.lora_rank and cfg["train"].get("compile"):
         raise ConfigError("student.adapt.lora_rank needs train.compile=false: the LoRA branches "
                           "are forward hooks that keep Python state, which compiled graphs break")
-    if conf and conf.freeze:
+    if conf.freeze:
         with torch.device("meta"):
             model = create_model(str(student["name"]), num_classes=2)
         for path in conf.freeze:
@@ -107,49 +81,10 @@ def check(cfg: Mapping[str, Any], method: Any = None) -> None:
                                   f"{path!r}") from None
 
 
-def _patterns(names: set[str]) -> str:
-    """A short description of tensor names: ``layer*.*.bottleneck.*`` instead of 108 names."""
-    pats = sorted({re.sub(r"\d+", "*", n.rsplit(".", 1)[0]) + ".*" for n in names})
-    return ", ".join(pats[:4]) + (f" (+{len(pats) - 4} more)" if len(pats) > 4 else "")
-
-
-def load_init(student: nn.Module, path: Path, *, arch: str, num_classes: int) -> dict[str, int]:
-    """Copy every tensor of ``path`` that ``student`` has (same name and shape) into it."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("format") == FORMAT and int(ckpt.get("num_classes", num_classes)) != num_classes:
-        raise CheckpointError(f"student.init {str(path)!r} has {ckpt.get('num_classes')} classes "
-                              f"but the data set has {num_classes}")
-    state = next((ckpt[k] for k in ("model", "state_dict") if isinstance(ckpt.get(k), Mapping)),
-                 ckpt)
-    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    own = student.state_dict()
-    common = own.keys() & state.keys()
-    if not common:
-        raise CheckpointError(f"student.init {str(path)!r} shares no tensor name with a {arch!r} "
-                              "model")
-    for k in sorted(common):
-        if own[k].shape != state[k].shape:
-            raise CheckpointError(
-                f"student.init {str(path)!r} does not fit {arch!r}: {k} is "
-                f"{tuple(state[k].shape)} there and {tuple(own[k].shape)} here")
-    student.load_state_dict({k: state[k] for k in common}, strict=False)
-    fresh, dropped = own.keys() - state.keys(), state.keys() - own.keys()
-    source = ckpt.get("arch") or "checkpoint"
-    print(f"kdsweep: student {arch} initialised from {source} ({path}): {len(common)} tensors "
-          f"loaded" + (f", {len(fresh)} fresh ({_patterns(fresh)})" if fresh else "")
-          + (f", {len(dropped)} dropped ({_patterns(dropped)})" if dropped else ""), flush=True)
-    return {"init.tensors_loaded": len(common), "init.tensors_fresh": len(fresh),
-            "init.tensors_dropped": len(dropped)}
-
-
 def prepare(student: nn.Module, cfg: Mapping[str, Any], data: Any) -> dict[str, float]:
-    """Initialise and adapt a freshly built student in place; returns metrics to log."""
+    """Freeze modules and attach LoRA branches to a freshly built student; metrics to log."""
     stats: dict[str, float] = {}
-    node = cfg["student"]
-    if node.get("init"):
-        _INIT_COUNTS[student] = load_init(student, init_path(node["init"]),
-                                          arch=str(node["name"]), num_classes=data.num_classes)
-    conf = adapt_conf(node.get("adapt"))
+    conf = adapt_conf(cfg["student"].get("adapt"))
     if conf is None or conf == StudentAdaptConf():  # the default: nothing to do
         return stats
     for path in conf.freeze:
@@ -168,12 +103,7 @@ def finish(p: Any, data: Any, precision: Any, limit_val_batches: int | None) -> 
     """Fuse a finished student's LoRA branches; a failure fails the member (one line). Every
     process of a data-parallel run fuses; the one that records (``p.recorder``) saves and logs."""
     m = p.member
-    if m is None:
-        return
-    counts = _INIT_COUNTS.get(m.student)
-    if counts and p.recorder is not None:
-        p.recorder.log_params(counts)
-    if m.status != DONE or lora_of(m.student) is None:
+    if m is None or m.status != DONE or lora_of(m.student) is None:
         return
     try:
         _fuse(p, data, precision, limit_val_batches)
