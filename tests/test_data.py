@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdsweep.data import EMBEDDED_PATH, TensorLoader, build_data, load_embedded, parse_config
-from kdsweep.data.datasets import channel_stats
+from kdsweep.data.bundle import channel_stats
 from kdsweep.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]

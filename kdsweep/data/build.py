@@ -1,4 +1,9 @@
-"""``build_data``: one entry point from a ``dataset`` config node to train/val loaders on a device."""
+"""``build_data``: one entry point from a ``dataset`` config node to train/val loaders on a device.
+
+The values every source shares are checked here (:func:`parse_config`); the rest is the source's
+own, looked up in the registry (:mod:`kdsweep.data.sources`): ``check_dataset`` runs its checks,
+``build_data`` its checks and its builder. No source is named in this module.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +26,17 @@ from kdsweep.data.bundle import (
     resolve_root,
     tensor_bundle,
 )
-from kdsweep.data.datasets import cifar_splits, embedded_splits, missing_cifar
-from kdsweep.data.imagefolder import LAYOUT, imagefolder_bundle, split_dirs
 from kdsweep.data.loaders import AUGMENTS
-from kdsweep.errors import ConfigError, DataError
-
-SOURCES = ("embedded", "cifar10", "cifar100", "imagefolder")
+from kdsweep.data.sources import get_source
+from kdsweep.errors import ConfigError
 
 
 @dataclass
 class DatasetConf:
     """The ``dataset`` config group's schema and defaults (presets in ``conf/dataset/``).
 
-    ``source`` defaults to ``name`` (presets such as cinic10 set ``source: imagefolder``).
+    ``source`` defaults to ``name`` (presets such as cinic10 set ``source: imagefolder``); its
+    valid values are the registered sources (:func:`kdsweep.data.sources.list_sources`).
     """
 
     name: str = MISSING
@@ -80,9 +83,7 @@ def parse_config(cfg: Mapping) -> dict[str, Any]:
     if not c["name"]:
         raise ConfigError("dataset.name is missing; expected e.g. embedded, cifar10, imagefolder")
     c["source"] = c["source"] or c["name"]
-    if c["source"] not in SOURCES:
-        raise ConfigError(f"dataset.source={c['source']!r} (from dataset.name when unset) is not "
-                          f"one of {list(SOURCES)}")
+    get_source(c["source"])  # a ConfigError naming the registered sources
     if c["augment"] not in AUGMENTS:
         raise ConfigError(f"dataset.augment={c['augment']!r}; expected one of {list(AUGMENTS)}")
     for key in ("mean", "std"):
@@ -121,19 +122,7 @@ def check_dataset(cfg: Mapping) -> None:
     """Every check of the ``dataset`` node that needs no decoding: values (:func:`parse_config`)
     and that its files are where it says (or will be downloaded). Raises one line."""
     c = parse_config(cfg)
-    if c["source"] in ("cifar10", "cifar100"):
-        problem = missing_cifar(c["source"], resolve_root(c["root"], default="data"),
-                                bool(c["download"]))
-        if problem:
-            raise DataError(problem)
-    elif c["source"] == "imagefolder":
-        if c["root"] in (None, "", "???"):
-            raise ConfigError(f"dataset.root is not set; point it at an ImageFolder tree: {LAYOUT}")
-        split_dirs(resolve_root(c["root"]), c["val_split"])
-    elif c["root"] not in (None, ""):
-        root = resolve_root(c["root"])
-        if root is not None and not root.exists():
-            raise DataError(f"dataset.root={c['root']}: {root} does not exist")
+    get_source(c["source"]).check(c)
 
 
 def build_data(cfg: Mapping, *, batch_size: int, eval_batch_size: int,
@@ -144,18 +133,10 @@ def build_data(cfg: Mapping, *, batch_size: int, eval_batch_size: int,
     ``device``; call ``loader.set_epoch(e)`` before each epoch for (seed, epoch) reproducibility.
     """
     c = parse_config(cfg)
-    dev = resolve_device(device)
-    common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, device=dev,
-                  seed=int(seed))
-    if c["source"] == "embedded":
-        root = resolve_root(c["root"])
-        splits = embedded_splits(root)
-        return tensor_bundle(c, splits, where=str(root or "the embedded set"), **common)
-    if c["source"] in ("cifar10", "cifar100"):
-        root = resolve_root(c["root"], default="data")
-        splits = cifar_splits(c["source"], root, bool(c["download"]))
-        return tensor_bundle(c, splits, where=str(root), **common)
-    return imagefolder_bundle(c, **common)
+    source = get_source(c["source"])
+    source.check(c)
+    return source.build(c, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                        device=resolve_device(device), seed=int(seed))
 
 
 __all__ = ["DataBundle", "DatasetConf", "Loader", "build_data", "check_batch_sizes",

@@ -1,8 +1,8 @@
 """What a data set becomes: a :class:`DataBundle` of train/val loaders on a device, and the helpers
 every source uses to make one (root paths, batch-size and class-count checks, in-memory tensors).
 
-Below both ``build`` (the entry point) and the sources (``imagefolder``), so that neither imports
-the other's internals.
+Below both ``build`` (the entry point) and the sources (``datasets``, ``imagefolder``, any module
+that calls :func:`~kdsweep.data.sources.register_source`), so that neither imports the other.
 """
 
 from __future__ import annotations
@@ -14,9 +14,36 @@ from typing import Any, Protocol
 
 import torch
 
-from kdsweep.data.datasets import TensorSplits, channel_stats
 from kdsweep.data.loaders import TensorLoader
 from kdsweep.errors import ConfigError
+
+
+@dataclass
+class TensorSplits:
+    """A whole data set in memory: uint8 N,3,H,W images and int64 labels per split."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, float, float] | None = None  # stats shipped with the data, if any
+    std: tuple[float, float, float] | None = None
+
+
+def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std of uint8 N,C,H,W images scaled to [0, 1] (float64 accumulation)."""
+    c = x.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        b = x[i:i + chunk].to(torch.float64).div_(255.0)
+        s += b.sum(dim=(0, 2, 3)).cpu()
+        s2 += b.pow(2).sum(dim=(0, 2, 3)).cpu()
+    n = x.numel() / c
+    mean = s / n
+    std = (s2 / n - mean**2).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 class Loader(Protocol):

@@ -1,35 +1,41 @@
-"""Tensor-backed data sources: the embedded CIFAR-10 subset and torchvision's CIFAR-10/100."""
+"""Tensor-backed data sources: the embedded CIFAR-10 subset (``dataset.source=embedded``) and
+torchvision's CIFAR-10/100 (``cifar10``, ``cifar100``), each declared here once with
+:func:`~kdsweep.data.sources.register_source`: its checks before any work and its builder."""
 
 from __future__ import annotations
 
 import urllib.error
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from kdsweep.data.bundle import DataBundle, TensorSplits, resolve_root, tensor_bundle
 from kdsweep.data.embedded_io import load_embedded
+from kdsweep.data.sources import register_source
 from kdsweep.errors import DataError
-
-
-@dataclass
-class TensorSplits:
-    """A whole data set in memory: uint8 N,3,H,W images and int64 labels per split."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    classes: list[str]
-    mean: tuple[float, float, float] | None = None  # stats shipped with the data, if any
-    std: tuple[float, float, float] | None = None
 
 
 def embedded_splits(path: str | Path | None = None) -> TensorSplits:
     """The packaged 5,000 + 1,000 image CIFAR-10 subset (``root`` may point at another .npz)."""
     d = load_embedded(path)
     return TensorSplits(d.train_x, d.train_y, d.test_x, d.test_y, list(d.classes), d.mean, d.std)
+
+
+def check_embedded(c: dict[str, Any]) -> None:
+    """``dataset.root`` is optional (null: the packaged file); when set, it must exist."""
+    if c["root"] not in (None, ""):
+        root = resolve_root(c["root"])
+        if root is not None and not root.exists():
+            raise DataError(f"dataset.root={c['root']}: {root} does not exist")
+
+
+@register_source("embedded", check=check_embedded)
+def build_embedded(c: dict[str, Any], **common: Any) -> DataBundle:
+    """The 5,000 + 1,000 real CIFAR-10 images shipped in the package (or another .npz at root)."""
+    root = resolve_root(c["root"])
+    return tensor_bundle(c, embedded_splits(root), where=str(root or "the embedded set"), **common)
 
 
 _CIFAR = {
@@ -91,16 +97,17 @@ def cifar_splits(name: str, root: Path, download: bool) -> TensorSplits:
     return TensorSplits(tx, ty, vx, vy, list(train.classes))
 
 
-def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std of uint8 N,C,H,W images scaled to [0, 1] (float64 accumulation)."""
-    c = x.shape[1]
-    s = torch.zeros(c, dtype=torch.float64)
-    s2 = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, len(x), chunk):
-        b = x[i:i + chunk].to(torch.float64).div_(255.0)
-        s += b.sum(dim=(0, 2, 3)).cpu()
-        s2 += b.pow(2).sum(dim=(0, 2, 3)).cpu()
-    n = x.numel() / c
-    mean = s / n
-    std = (s2 / n - mean**2).clamp_min(0).sqrt()
-    return tuple(mean.tolist()), tuple(std.tolist())
+def check_cifar(c: dict[str, Any]) -> None:
+    """The files are under ``dataset.root`` (default ``data``), or ``dataset.download`` is set."""
+    problem = missing_cifar(c["source"], resolve_root(c["root"], default="data"),
+                            bool(c["download"]))
+    if problem:
+        raise DataError(problem)
+
+
+@register_source("cifar10", "cifar100", check=check_cifar)
+def build_cifar(c: dict[str, Any], **common: Any) -> DataBundle:
+    """CIFAR-10/100 through torchvision.datasets (50,000 + 10,000 images, 32 px)."""
+    root = resolve_root(c["root"], default="data")
+    splits = cifar_splits(c["source"], root, bool(c["download"]))
+    return tensor_bundle(c, splits, where=str(root), **common)

@@ -1,4 +1,5 @@
-"""ImageFolder trees ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*`` (or ``test/``).
+"""``dataset.source=imagefolder``: trees ``ROOT/train/<class>/*`` + ``ROOT/val/<class>/*`` (or
+``test/``), registered here with its checks (:func:`check_imagefolder`) and builder.
 
 ``in_memory: true`` decodes every image once (worker processes; a tqdm bar on a terminal, else a
 log line every 30 s, and a final log line with the time taken) into a uint8 N,3,S,S tensor for
@@ -39,13 +40,14 @@ import torch
 
 from kdsweep.data.bundle import (
     DataBundle,
+    TensorSplits,
     check_batch_sizes,
     check_num_classes,
     resolve_root,
     tensor_bundle,
 )
 from kdsweep.data.cache import cache_dir, cache_file, read_cache, write_cache
-from kdsweep.data.datasets import TensorSplits
+from kdsweep.data.sources import register_source
 from kdsweep.errors import ConfigError, DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -328,12 +330,19 @@ def _first_image_size(c: dict[str, Any], split: Path, files: list[str]) -> tuple
                        "dataset.skip_bad_images=true to skip unreadable images"))
 
 
-def imagefolder_bundle(c: dict[str, Any], *, batch_size: int, eval_batch_size: int,
-                       device: torch.device, seed: int):
-    from kdsweep.data.loaders import StreamingLoader
-
+def check_imagefolder(c: dict[str, Any]) -> None:
+    """``dataset.root`` is required and holds ``train/`` and the val split (see :data:`LAYOUT`)."""
     if c["root"] in (None, "", "???"):
         raise ConfigError(f"dataset.root is not set; point it at an ImageFolder tree: {LAYOUT}")
+    split_dirs(resolve_root(c["root"]), c["val_split"])
+
+
+@register_source("imagefolder", check=check_imagefolder)
+def imagefolder_bundle(c: dict[str, Any], *, batch_size: int, eval_batch_size: int,
+                       device: torch.device, seed: int) -> DataBundle:
+    """Any ImageFolder tree: decoded once into memory (cached), or streamed from the files."""
+    from kdsweep.data.loaders import StreamingLoader
+
     root = resolve_root(c["root"])
     train_dir, val_dir = split_dirs(root, c["val_split"])
     tfiles, tlabels, classes = list_images(train_dir)
