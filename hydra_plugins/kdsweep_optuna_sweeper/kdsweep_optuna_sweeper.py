@@ -63,6 +63,7 @@ class KDSweepOptunaSweeper(Sweeper):
         return None
 
     def _context(self) -> Any:
+        from kdsweep.config.schema import TrackingConf
         from kdsweep.sweep.settings import Context
         from kdsweep.tracking import absolute_uri
 
@@ -70,14 +71,13 @@ class KDSweepOptunaSweeper(Sweeper):
         assert cfg is not None
         launch_dir = Path(str(cfg.hydra.runtime.cwd))
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
-        tracking = cfg.get("tracking")
-        uri = str(tracking.uri) if tracking is not None else "sqlite:///mlflow.db"
+        tracking = cfg.get("tracking") or OmegaConf.structured(TrackingConf)
         return Context(
             launch_dir=launch_dir,
             sweep_dir=sweep_dir if sweep_dir.is_absolute() else launch_dir / sweep_dir,
-            tracking_uri=absolute_uri(uri, launch_dir),
-            experiment=str(tracking.experiment) if tracking is not None else "kdsweep",
-            lock_dir=launch_dir / str(tracking.lock_dir if tracking is not None else ".kdsweep/locks"),
+            tracking_uri=absolute_uri(str(tracking.uri), launch_dir),
+            experiment=str(tracking.experiment),
+            lock_dir=launch_dir / str(tracking.lock_dir),
             launcher=str(cfg.hydra.launcher.get("_target_", "?")).rsplit(".", 1)[-1],
             prefix="sweep." if "sweep" in cfg else "++sweep.",
             add_threads=cfg.get("cpu_threads", "absent") is None,

@@ -193,7 +193,7 @@ def _experiment_id(client: MlflowClient, parent_id: str) -> str:
     return client.get_run(parent_id).info.experiment_id
 
 
-def write_report(target: str | Path, metric: str = "best_val_acc", out_dir: str | Path | None = None,
+def write_report(target: str | Path, metric: str = BEST, out_dir: str | Path | None = None,
                  tracking_uri: str | None = None, log_to_parent: bool = True,
                  published: str | None = None) -> Report:
     """Build the tables and plots of a sweep; write them to its directory and its parent run.
@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Tables (Markdown), heatmap and accuracy curves of a kdsweep sweep, from MLflow.")
     ap.add_argument("target", nargs="?", help="the sweep directory (multirun/<study_name>, with sweep.json) "
                                    "or the MLflow run id of the sweep's parent run")
-    ap.add_argument("--metric", default="best_val_acc",
+    ap.add_argument("--metric", default=BEST,
                     help="child-run metric in the cells (default best_val_acc; e.g. final_val_acc)")
     ap.add_argument("--tracking-uri", default=None,
                     help="MLflow store (default: the sweep's, else $MLFLOW_TRACKING_URI, else "

@@ -1,7 +1,8 @@
 """Opening the MLflow store: checked URIs, safe concurrent first use, a clear line when it is broken.
 
-Default store: ``sqlite:///mlflow.db`` in the launch directory; ``MLFLOW_TRACKING_URI`` (or
-``tracking.uri=...``) overrides it, e.g. ``postgresql://user@host/db`` shared by several machines.
+The store is the run config's ``tracking.uri`` (its default is declared in
+:class:`kdsweep.config.schema.TrackingConf`); ``MLFLOW_TRACKING_URI`` (or ``tracking.uri=...``)
+sets it, e.g. ``postgresql://user@host/db`` shared by several machines.
 
 Several processes that open a *fresh* SQLite store at once race in MLflow's schema migration
 (measured here: 3 of 4 simultaneous first runs died, and one left ``_alembic_tmp_params`` behind so
@@ -104,8 +105,8 @@ def check_reachable(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
                else (e.strerror or type(e).__name__))
         raise TrackingError(f"tracking.uri={mask_url(uri)}: the tracking server at "
                             f"{address[0]}:{address[1]} cannot be reached ({why}); start it, or "
-                            "set tracking.uri to a reachable store (default sqlite:///mlflow.db)"
-                            ) from None
+                            "set tracking.uri to a reachable store (with neither tracking.uri nor "
+                            "MLFLOW_TRACKING_URI set: the local default)") from None
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -190,8 +191,9 @@ def _client_with_store(uri: str) -> MlflowClient:
     return client
 
 
-def open_store(uri: str, experiment: str, lock_dir: str | Path = ".kdsweep/locks") -> str:
-    """Create or upgrade the store at ``uri`` once, select ``experiment``; returns its id.
+def open_store(uri: str, experiment: str, lock_dir: str | Path) -> str:
+    """Create or upgrade the store at ``uri`` once (under a file lock in ``lock_dir``:
+    ``tracking.lock_dir``), select ``experiment``; returns its id.
 
     Raises :class:`TrackingError` (one line) for a store that cannot be used.
     """
