@@ -121,3 +121,14 @@ def test_the_run_checks_reach_a_registered_source(toy, tmp_path, monkeypatch):
     assert check(toy_set, conf, preflight=preflight) is None
     assert toy == ["check", "check"]
     assert "is not one of" in check(["dataset.source=nope"], conf, preflight=preflight)
+
+
+def test_the_recorded_dataset_location_comes_from_the_registry(tmp_path):
+    from pathlib import Path
+
+    from kdsweep.data import EMBEDDED_PATH
+    from kdsweep.run.artifacts import dataset_source
+
+    assert dataset_source({"source": "embedded"}) == str(EMBEDDED_PATH)
+    assert dataset_source({"source": "cifar10"}) == str(Path("data").resolve())
+    assert dataset_source({"source": "embedded", "root": str(tmp_path)}) == str(tmp_path)

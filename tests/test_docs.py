@@ -178,3 +178,54 @@ def test_the_readme_lists_exactly_the_registered_extensions():
     block = text.split("<!-- BEGIN extensions -->")[1].split("<!-- END extensions -->")[0]
     listed = re.findall(r"^- `([\w.]+)`", block, re.M)
     assert listed == list(extensions.EXTENSIONS)
+
+
+def _method_prose_tables() -> list[tuple[str, str, str]]:
+    """(method, key, default cell) of every ``| key | default | source |`` table in a method's
+    section of docs/methods.md (the prose next to the generated table)."""
+    out = []
+    text = (ROOT / "docs" / "methods.md").read_text()
+    for section in re.split(r"^## ", text, flags=re.M)[1:]:
+        m = re.match(r"`(\w+)`", section)
+        if not m:
+            continue
+        for table in re.findall(r"^\| key \| default \| source \|\n\|[-|]+\|\n((?:\|.*\n)+)",
+                                section, re.M):
+            for row in table.splitlines():
+                keys, default = [c.strip() for c in row.strip("|").split("|")][:2]
+                names = re.findall(r"`(\w+)`", keys)
+                values = default.split(" / ") if len(names) > 1 else [default]
+                assert len(values) == len(names), row
+                out += [(m.group(1), n, v) for n, v in zip(names, values, strict=True)]
+    return out
+
+
+def _same(declared, cell: str) -> bool:
+    word = re.match(r"`?([^`\s(=]+)`?", cell.strip()).group(1)
+    if declared is None:
+        return word == "null"
+    if isinstance(declared, bool):
+        return word == str(declared).lower()
+    if isinstance(declared, (int, float)):
+        try:
+            return float(word.replace(",", "")) == float(declared)
+        except ValueError:
+            return False
+    return word == str(declared)
+
+
+def test_the_prose_tables_of_docs_methods_agree_with_the_declared_defaults():
+    """Each method section's own ``key | default`` table says what the code declares (the
+    generated table at the top of docs/methods.md is checked by test_architecture.py)."""
+    from kdsweep.methods import get_method, hparams
+
+    rows = _method_prose_tables()
+    assert len(rows) > 30
+    wrong = []
+    for method, key, cell in rows:
+        declared = {hp.name: hp.default for hp in hparams(get_method(method))}
+        if key not in declared:
+            wrong.append(f"{method}: `{key}` is not an option")
+        elif not _same(declared[key], cell):
+            wrong.append(f"{method}.{key}: docs say {cell!r}, the code {declared[key]!r}")
+    assert not wrong, wrong

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from kdsweep.data.bundle import DataBundle, TensorSplits, resolve_root, tensor_bundle
-from kdsweep.data.embedded_io import load_embedded
+from kdsweep.data.embedded_io import EMBEDDED_PATH, load_embedded
 from kdsweep.data.sources import register_source
 from kdsweep.errors import DataError
 
@@ -31,7 +31,7 @@ def check_embedded(c: dict[str, Any]) -> None:
             raise DataError(f"dataset.root={c['root']}: {root} does not exist")
 
 
-@register_source("embedded", check=check_embedded)
+@register_source("embedded", check=check_embedded, location=str(EMBEDDED_PATH))
 def build_embedded(c: dict[str, Any], **common: Any) -> DataBundle:
     """The 5,000 + 1,000 real CIFAR-10 images shipped in the package (or another .npz at root)."""
     root = resolve_root(c["root"])

@@ -42,15 +42,18 @@ class DataSource:
     check: Check
     build: Build
     description: str = ""  # the builder's docstring, first line
+    location: str | None = None  # where its data is when dataset.root is unset (for the record)
 
 
 _SOURCES: dict[str, DataSource] = {}
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def register_source(*names: str, check: Check) -> Callable[[Build], Build]:
+def register_source(*names: str, check: Check,
+                    location: str | None = None) -> Callable[[Build], Build]:
     """Decorator registering a builder under one or more ``dataset.source`` names (one builder may
-    serve several, e.g. ``cifar10`` and ``cifar100``; it reads ``c["source"]``)."""
+    serve several, e.g. ``cifar10`` and ``cifar100``; it reads ``c["source"]``). ``location``:
+    where the data is when ``dataset.root`` is unset (recorded as the run's dataset input)."""
 
     def decorator(build: Build) -> Build:
         doc = (build.__doc__ or "").strip().splitlines()
@@ -59,7 +62,7 @@ def register_source(*names: str, check: Check) -> Callable[[Build], Build]:
                 raise ValueError(f"data source name {name!r}: use lower case letters, digits and _")
             if name in _SOURCES:
                 raise ValueError(f"data source {name!r} is registered twice")
-            _SOURCES[name] = DataSource(name, check, build, doc[0] if doc else "")
+            _SOURCES[name] = DataSource(name, check, build, doc[0] if doc else "", location)
         return build
 
     if not names:

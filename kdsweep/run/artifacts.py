@@ -85,7 +85,7 @@ def dataset_source(cfg: Any) -> str:
     root = cfg.get("root")
     if root:
         return str(Path(str(root)).expanduser())
-    from kdsweep.data import EMBEDDED_PATH
+    from kdsweep.data import get_source
 
-    return str(EMBEDDED_PATH) if str(cfg.get("source") or cfg.get("name")) == "embedded" else str(
-        Path("data").resolve())
+    location = get_source(str(cfg.get("source") or cfg.get("name"))).location
+    return location or str(Path("data").resolve())
