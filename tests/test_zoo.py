@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from kdsweep.models import count_macs, create_model, list_models
+from kdsweep.models import count_macs, create_model, get_spec, list_models
 from kdsweep.zoo import main, model_cost, zoo_table
 
 
+def _docs_zoo() -> list[list[str]]:
+    """The rows of docs/models.md's table "The zoo" (name, family, input, params, ..., MACs)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
+    section = text.split("## The zoo", 1)[1]
+    table = re.search(r"^\| name \| family .*\n\|[-|]+\|\n((?:\|.*\n)+)", section, re.M).group(1)
+    return [[c.strip().strip("`") for c in row.strip("|").split("|")] for row in table.splitlines()]
+
+
 def test_table_has_every_model_with_published_numbers():
-    rows = {r.name: r for r in zoo_table()}
+    table = zoo_table()
+    rows = {r.name: r for r in table}
     assert set(rows) == set(list_models())
+    # docs/models.md's copy of the table: the core models, in this order, with these numbers
+    # (an extension's models are described in its own README).
+    core = [r for r in table
+            if get_spec(r.name).constructor.__module__.startswith("kdsweep.models.")]
+    doc = _docs_zoo()
+    assert [d[0] for d in doc] == [r.name for r in core]
+    for d, r in zip(doc, core, strict=True):
+        assert (d[1], int(d[2]), int(d[3].replace(",", ""))) == (r.family, r.input_size, r.params), d
+        value, unit = float(d[5][:-1].replace(",", "")), d[5][-1]  # "264.9M", "11.51G"
+        scale = {"M": 1e6, "G": 1e9}[unit]
+        assert abs(value * scale - r.macs) <= 0.5 * scale * 10 ** -(len(d[5].split(".")[1]) - 1), d
     assert rows["resnet56"].params == 861_620 and rows["resnet56"].macs == 125_753_600
     assert rows["resnet32x4"].params == 7_433_860
     # torchvision models at 224 px with 1000 classes: torchvision's documented figures
