@@ -275,3 +275,14 @@ def test_the_command_line_check_runs_every_check_a_run_makes(tmp_path, monkeypat
     assert "cifar10: no data under" in check(["dataset=cifar10"], conf, preflight=preflight)
     assert check(["--cfg", "job", "dataset=cifar10"], conf, preflight=preflight) is None
     assert check(["method.alpha=0.5"], conf, preflight=preflight) is None
+
+
+def test_tracking_defaults_are_written_once_in_code():
+    """The default store and lock dir are TrackingConf's; the plugin and the report
+    derive them from it (README.md and docs/ may name them for users)."""
+    root = Path(__file__).resolve().parents[1]
+    code = [*(root / "kdsweep").rglob("*.py"), *(root / "hydra_plugins").rglob("*.py")]
+    for value in ("sqlite:///mlflow.db", ".kdsweep/locks"):
+        where = [str(p.relative_to(root)) for p in code if value in p.read_text()]
+        assert where == ["kdsweep/config/schema.py"], (value, where)
+

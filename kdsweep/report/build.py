@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from kdsweep.errors import KDSweepError
 from kdsweep.report import baselines, frame
@@ -103,7 +104,7 @@ def resolve_target(target: str, tracking_uri: str | None = None) -> tuple[dict[s
         return info, f.parent
     if not RUN_ID.match(target):
         raise ReportError(f"{target!r} is neither a sweep directory nor an MLflow run id")
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     info: dict[str, Any] = {"parent_run_id": target, "tracking_uri": uri}
     try:
@@ -113,6 +114,14 @@ def resolve_target(target: str, tracking_uri: str | None = None) -> tuple[dict[s
         pass  # a parent run not made by the kdsweep sweeper: a plain list of its children
     d = info.get("study_dir")
     return info, Path(d) if d and Path(d).is_dir() else None
+
+
+def default_tracking_uri() -> str:
+    """The run config's ``tracking.uri`` (:class:`kdsweep.config.schema.TrackingConf`, where the
+    default is declared): ``MLFLOW_TRACKING_URI``, else the default store."""
+    from kdsweep.config.schema import TrackingConf  # imports torch: only when a run id is given
+
+    return str(OmegaConf.structured(TrackingConf).uri)
 
 
 def fetch_children(client: MlflowClient, parent_run_id: str) -> list[Child]:
@@ -252,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--metric", default=BEST,
                     help="child-run metric in the cells (default best_val_acc; e.g. final_val_acc)")
     ap.add_argument("--tracking-uri", default=None,
-                    help="MLflow store (default: the sweep's, else $MLFLOW_TRACKING_URI, else "
-                         "sqlite:///mlflow.db)")
+                    help="MLflow store (default: the sweep's, else the run config's "
+                         "tracking.uri: $MLFLOW_TRACKING_URI, else its default)")
     ap.add_argument("--out", default=None, help="output directory (default: the sweep directory)")
     ap.add_argument("--no-log", action="store_true", help="do not log the files to the parent run")
     ap.add_argument("--published", default=None,
