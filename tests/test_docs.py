@@ -146,7 +146,7 @@ COMMANDS = _commands()
 
 
 def test_the_docs_have_commands_to_check():
-    assert len(COMMANDS) > 30
+    assert len(COMMANDS) > 20  # a sanity check: the extraction finds the docs' commands
 
 
 @pytest.mark.parametrize("doc,argv", COMMANDS, ids=[f"{d}:{' '.join(a)[:60]}" for d, a in COMMANDS])
