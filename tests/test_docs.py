@@ -229,3 +229,31 @@ def test_the_prose_tables_of_docs_methods_agree_with_the_declared_defaults():
         elif not _same(declared[key], cell):
             wrong.append(f"{method}.{key}: docs say {cell!r}, the code {declared[key]!r}")
     assert not wrong, wrong
+
+
+def test_the_sweeper_options_table_says_the_declared_defaults():
+    """docs/sweeps.md's ``| key | default | meaning |`` table: every option of
+    :class:`kdsweep.sweep.settings.Settings` (and ``report.*``) has its declared default there
+    (``auto`` / ``-``: computed when unset; ``sampler``/``pruner``: the config groups' defaults)."""
+    import dataclasses
+
+    from kdsweep.sweep.settings import ReportSettings, Settings
+
+    declared = {f.name: f.default for f in dataclasses.fields(Settings)
+                if f.default is not dataclasses.MISSING}
+    declared |= {f"report.{f.name}": f.default for f in dataclasses.fields(ReportSettings)
+                 if f.default is not dataclasses.MISSING}
+    text = (ROOT / "docs" / "sweeps.md").read_text().split("## Configuration")[1]
+    table = re.search(r"^\| key \| default \| meaning \|\n\|[-|]+\|\n((?:\|.*\n)+)", text, re.M)
+    seen, wrong = set(), []
+    for row in table.group(1).splitlines():
+        keys, defaults = [c.strip() for c in row.strip("|").split("|")][:2]
+        names = re.findall(r"`([\w.]+)`", keys)
+        cells = [c.strip() for c in defaults.split(",")] if len(names) > 1 else [defaults]
+        assert len(cells) == len(names), row
+        for name, cell in zip(names, cells, strict=True):
+            seen.add(name)
+            if name in declared and cell not in ("auto", "-") and not _same(declared[name], cell):
+                wrong.append(f"{name}: docs say {cell!r}, Settings {declared[name]!r}")
+    assert not wrong, wrong
+    assert set(declared) <= seen, sorted(set(declared) - seen)
