@@ -135,7 +135,7 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     ckpt = tmp_path / "t.pt"
     save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
                            "model": create_model("resnet8", num_classes=10).state_dict()})
-    p = cli(["-m", "method.alpha=0.2,0.8", "method.T=2,4", "teacher=resnet8",
+    p = cli(["-m", "hydra/sweeper=basic", "method.alpha=0.2,0.8", "method.T=2,4", "teacher=resnet8",
              f"teacher.checkpoint={ckpt}", *TINY], tmp_path, mlflow_uri)
     assert p.returncode == 0, p.stderr[-3000:]
     mlflow.set_tracking_uri(mlflow_uri)
@@ -162,8 +162,8 @@ def test_cli_basic_sweep_goes_on_past_a_failed_run_and_exits_3(tmp_path, mlflow_
     ckpt = tmp_path / "t.pt"
     save_checkpoint(ckpt, {"arch": "resnet8", "num_classes": 10,
                            "model": create_model("resnet8", num_classes=10).state_dict()})
-    p = cli(["-m", "schedule.lr=1e8,0.05", "teacher=resnet8", f"teacher.checkpoint={ckpt}",
-             *TINY], tmp_path, mlflow_uri)
+    p = cli(["-m", "hydra/sweeper=basic", "schedule.lr=1e8,0.05", "teacher=resnet8",
+             f"teacher.checkpoint={ckpt}", *TINY], tmp_path, mlflow_uri)
     assert p.returncode == 3, p.stderr[-3000:]
     assert "error: loss became non-finite" in p.stderr
     assert "kdsweep: 1 of 2 runs of this sweep failed" in p.stderr

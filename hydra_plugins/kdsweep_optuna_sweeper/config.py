@@ -1,7 +1,7 @@
 """Config schema of the kdsweep Optuna sweeper, registered in Hydra's ConfigStore.
 
-Select it with ``hydra/sweeper=kdsweep_optuna``; pick a sampler with ``hydra/sweeper/sampler=grid``
-(tpe, random, grid, cmaes, nsgaii) and a pruner with ``hydra/sweeper/pruner=median`` (none,
+The sweeper of ``python run.py -m`` (``conf/config.yaml``); pick a sampler with
+``hydra/sweeper/sampler=grid`` (auto, tpe, random, grid, cmaes, nsgaii) and a pruner with ``hydra/sweeper/pruner=median`` (none,
 median, hyperband). The sweeper's options are declared once, in
 :class:`kdsweep.sweep.settings.Settings` (name, type, default, meaning); this module builds the
 Hydra node from them and adds only Hydra's own keys and the sampler and pruner config groups. See
@@ -41,6 +41,14 @@ class TPESamplerConfig(SamplerConfig):
     multivariate: bool = False
     group: bool = False
     constant_liar: bool = True   # spreads the trials of one parallel batch
+
+
+@dataclass
+class AutoSamplerConfig(TPESamplerConfig):
+    """The default: a grid when every swept key is a list or choice(), else TPE with the options
+    above (kdsweep/sweep/auto.py)."""
+
+    _target_: str = "auto"
 
 
 @dataclass
@@ -114,7 +122,7 @@ HYDRA_KEYS: list[tuple[str, Any, Any]] = [
                                     "KDSweepOptunaSweeper")),
     ("_recursive_", bool, field(default=False)),  # sampler/pruner stay configs: the pruner is
                                                   # stored with the study
-    ("defaults", list[Any], field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])),
+    ("defaults", list[Any], field(default_factory=lambda: [{"sampler": "auto"}, {"pruner": "none"}])),
 ]
 #: Options that Hydra fills from a config group (hydra/sweeper/sampler, hydra/sweeper/pruner):
 #: their type and default here, everything else about them in Settings.
@@ -150,7 +158,8 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(group="hydra/sweeper", name="kdsweep_optuna", node=KDSweepOptunaSweeperConf,
              provider=PROVIDER)
-    for name, node in (("tpe", TPESamplerConfig), ("random", RandomSamplerConfig),
+    for name, node in (("auto", AutoSamplerConfig), ("tpe", TPESamplerConfig),
+                       ("random", RandomSamplerConfig),
                        ("grid", GridSamplerConfig), ("cmaes", CmaEsSamplerConfig),
                        ("nsgaii", NSGAIISamplerConfig)):
         cs.store(group="hydra/sweeper/sampler", name=name, node=node, provider=PROVIDER)

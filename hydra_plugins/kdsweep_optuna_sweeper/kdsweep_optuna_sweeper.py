@@ -7,6 +7,7 @@ adapter imports ``kdsweep``; ``kdsweep`` never imports ``hydra_plugins``.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -84,6 +85,9 @@ class KDSweepOptunaSweeper(Sweeper):
             launch=self._launch, compose=self._compose, check=_check, report=_report)
 
     def _launch(self, overrides: list[list[str]]) -> list[Any]:
+        # Hydra's local launcher logs each job's overrides, kdsweep's bookkeeping (sweep.*)
+        # included: the sweep prints what each job runs instead.
+        logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
         returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
         return [_outcome(r) for r in returns]

@@ -106,14 +106,19 @@ class Cohort:
         """Train every member from its ``start_epoch`` (0, or where its checkpoint left off) to the
         end; returns the members with their final status."""
         start = min((m.start_epoch for m in self.members if m.active), default=self.epochs)
+        times: list[float] = []
         for epoch in range(start, self.epochs):
             active = [m for m in self.members if m.active and m.start_epoch <= epoch]
             if not active:
                 continue
+            began = time.perf_counter()
             stats = self._train_epoch(epoch, active)
             for m in active:
                 if m.active:
                     self._end_epoch(m, epoch, stats[m])
+            times.append(time.perf_counter() - began)
+            if len(self.members) > 1:
+                log.info("%s", self._cohort_line(epoch, times))
         for m in self.members:
             if m.active:
                 m.stop(DONE)
@@ -124,8 +129,11 @@ class Cohort:
             sync_buffers(module, self.step.dist)
         stats.update(m.validate(self.data.val, self.precision, self.limit_val))
         is_best = m.result.add_epoch(epoch, stats)
-        log.info("%s %d/%d: loss %.3f acc %.1f | val %.3f %.2f", m.name, epoch + 1, self.epochs,
-                 stats["train_loss"], stats["train_acc"], stats["val_loss"], stats["val_acc"])
+        # One line per member for a single run; a cohort's members are one line per epoch
+        # (_cohort_line; each member's numbers are in its MLflow run).
+        log.log(logging.INFO if len(self.members) == 1 else logging.DEBUG,
+                "%s %d/%d: loss %.3f acc %.1f | val %.3f %.2f", m.name, epoch + 1, self.epochs,
+                stats["train_loss"], stats["train_acc"], stats["val_loss"], stats["val_acc"])
         try:
             for cb in m.callbacks:
                 cb.on_epoch_end(m, epoch, stats, is_best)
@@ -137,6 +145,24 @@ class Cohort:
             status, error = broadcast((m.status, m.error), self.step.dist)
             if status != m.status:
                 m.stop(status, error)
+
+    def _cohort_line(self, epoch: int, times: Sequence[float]) -> str:
+        """``epoch 2/4 (16 runs, 1 pruned): val acc best 26.50 t02 alpha=0.4 T=2, median 25.1 |
+        12 s/epoch, ETA 0:24``: the whole cohort in one line."""
+        done = [m for m in self.members if m.result.history]
+        accs = sorted(m.result.history[-1]["val_acc"] for m in done)
+        best = max(done, key=lambda m: m.result.history[-1]["val_acc"], default=None)
+        stopped = {s: sum(m.status == s for m in self.members) for s in ("pruned", "diverged", "failed")}
+        extra = "".join(f", {n} {s}" for s, n in stopped.items() if n)
+        per = sum(times[-3:]) / len(times[-3:])
+        left = per * (self.epochs - epoch - 1)
+        head = f"epoch {epoch + 1}/{self.epochs} ({len(self.members)} runs{extra})"
+        if best is None:
+            return f"{head} | {per:.0f} s/epoch"
+        name = best.name.split(" (", 1)[0]
+        return (f"{head}: val acc best {best.result.history[-1]['val_acc']:.2f} {name}, median "
+                f"{accs[len(accs) // 2]:.1f} | {per:.0f} s/epoch, ETA {int(left // 60)}:"
+                f"{int(left % 60):02d}")
 
     def _teacher_out(self, x: Tensor, active: Sequence[Member]) -> ModelOutput | None:
         if self.teacher_fwd is None or not any(m.needs_teacher for m in active):

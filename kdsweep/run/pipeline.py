@@ -98,6 +98,9 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
     if len(parts) > 1:  # too big for the device: train it in consecutive cohorts that fit
         return _in_parts(plans, parts, data)
     cohort = _cohort(plans, data, teacher, rt)
+    if len(plans) > 1 and rt.dist.is_main:  # what the first minute is spent on
+        print(f"kdsweep: {len(plans)} runs: evaluating the teacher, opening their MLflow runs, "
+              "then epoch 1 (one line per epoch for all of them)", flush=True)
     if teacher is not None and any(p.previous is None for p in plans):
         env.teacher_acc = evaluate(cohort.teacher_fwd or teacher.model, data.val, rt.precision,
                                    cfg.train.limit_val_batches)[1]
@@ -363,6 +366,10 @@ def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device
     fixed = budget.teacher_bytes(teacher.model, teacher.model, x, bs) if teacher else 0
     room = int(budget.available_bytes(device) * budget.SAFETY) - fixed
     k = budget.fit_count(needs, room)
+    print(f"kdsweep: memory check: {len(plans)} runs need about "
+          f"{budget.fmt_bytes(sum(needs) + fixed)} on {device.type}, "
+          f"{budget.fmt_bytes(room + fixed)} is free: " + (
+              "one cohort" if k >= len(plans) else f"at most {k} at once"), flush=True)
     if k >= len(plans):
         return [list(plans)]
     if cfg.train.fuse_memory == "refuse":

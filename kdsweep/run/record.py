@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,13 @@ def run_name(p: Plan) -> str:
     return f"{p.job.label} ({base})" if p.job.label else base
 
 
+def mlflow_name(p: Plan) -> str:
+    """The run's name in MLflow: a sweep trial's point first and short (``alpha=0.4 T=8``; its
+    trial number, method and models are tags), else :func:`run_name`."""
+    point = re.sub(r"^t\d+\s*", "", p.job.label or "") if p.job.label != "teacher" else ""
+    return point or run_name(p)
+
+
 def _checkpoint_dir(p: Plan) -> Path:
     if p.previous is not None and p.previous.checkpoint is not None:
         return p.previous.checkpoint.parent
@@ -101,7 +109,7 @@ def start(p: Plan, env: Env) -> RunRecorder:
     if p.job.label and p.job.label != "teacher":
         tags[LABEL_TAG] = p.job.label
     resumed = p.previous is not None and p.previous.checkpoint is not None
-    rec = RunRecorder.start(env.uri, env.experiment_id, run_name=run_name(p), tags=tags,
+    rec = RunRecorder.start(env.uri, env.experiment_id, run_name=mlflow_name(p), tags=tags,
                             resume_run_id=p.previous.run_id if resumed else None,
                             description=_description(p))
     logged: set[int] = set()
@@ -200,7 +208,7 @@ def reuse(p: Plan, client: MlflowClient) -> RunResult:
         tags[LABEL_TAG] = p.job.label
     rec = RunRecorder(client, r.info.run_id)
     rec.set_tags(tags)
-    rec.client.update_run(r.info.run_id, name=run_name(p))
+    rec.client.update_run(r.info.run_id, name=mlflow_name(p))
     _log_record(rec, p)
     print(f"kdsweep: {run_name(p)} ended before, in MLflow run {r.info.run_id}: its result is "
           "reused", flush=True)
@@ -240,7 +248,8 @@ def finish(p: Plan, env: Env, wall: float) -> RunResult:
     if m.status == DONE:
         rec.log_metrics({"best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch + 1,
                          "final_val_acc": r.final_val_acc, "final_train_acc": r.final_train_acc,
-                         "train_val_gap": r.train_val_gap, "wall_time_s": wall})
+                         # derived: rounded, so the UI shows -2.1, not -2.1000000000000014
+                         "train_val_gap": round(r.train_val_gap, 4), "wall_time_s": round(wall, 1)})
         if ckpt.is_file():
             rec.log_artifact(ckpt, Path(CHECKPOINT_ARTIFACT).parent.as_posix())
             if p.cfg.tracking.get("log_model", True):
@@ -261,8 +270,9 @@ def fmt_count(n: float) -> str:
 
 
 def summary(plans: Sequence[Plan], env: Env, results: Sequence[RunResult]) -> str:
-    """What a user reads when the run ends: data, device, accuracies, costs, where to look.
-    Lines other than paths and commands fit 80 columns."""
+    """What a user reads when the run ends: data, device, accuracies, costs, where to look; a
+    cohort's runs as one table, one row per run, what it varies first. Lines other than paths
+    and commands fit 80 columns."""
     d, first = env.data, plans[0]
     resumed = first.member.start_epoch if first.previous and first.previous.checkpoint else 0
     what = f"cohort of {len(plans)} runs" if len(plans) > 1 else (
@@ -273,18 +283,27 @@ def summary(plans: Sequence[Plan], env: Env, results: Sequence[RunResult]) -> st
              f"{env.device}"]
     t = env.teacher
     if t is not None and env.teacher_stats:
-        where = {"checkpoint": mask_url(t.path), "mlflow": f"MLflow run {t.run_id}",
-                 "trained": f"trained now, MLflow run {t.run_id}"}[t.source]
+        where = {"checkpoint": f"from {mask_url(t.path)}",
+                 "mlflow": f"found in MLflow: run {t.run_id}",
+                 "trained": f"trained first: MLflow run {t.run_id}"}[t.source]
         acc = f"{env.teacher_acc:.2f}%" if env.teacher_acc is not None else "n/a"
         lines += [f"  teacher {t.arch:<14} {fmt_count(env.teacher_stats['teacher_params']):>7} "
                   f"params {fmt_count(env.teacher_stats['teacher_macs']):>8} MACs  val {acc}",
-                  f"          from {where}"]
-    for p, res in zip(plans, results, strict=True):
-        lines += _member_lines(p, res, role="teacher" if p.job.label == "teacher" else "student")
+                  f"          {where}"]
+    if len(plans) == 1:
+        lines += _member_lines(first, results[0],
+                               role="teacher" if first.job.label == "teacher" else "student")
+        folder = str(_checkpoint_dir(first))
+    else:
+        lines += _cohort_table(plans, results)
+        dirs = [_checkpoint_dir(p) for p in plans]
+        folder = (f"{dirs[0].parent.parent}/<trial>/checkpoints" if len({x.parent.parent
+                  for x in dirs}) == 1 and all(x.name == "checkpoints" for x in dirs)
+                  else ", ".join(map(str, dirs)))
     lines += [f"  MLflow: {'run ' + results[0].run_id if len(plans) == 1 else 'the runs above'}, "
               f"experiment '{first.cfg.tracking.experiment}' (id {env.experiment_id})",
               f"          at {mask_url(env.uri)}",
-              f"  checkpoints: {_checkpoint_dir(first)}",
+              f"  checkpoints: {folder}",
               f"  open the MLflow UI: {ui_command(env.uri)}",
               f"  then: {runs_link(env.experiment_id, results[0].run_id if len(plans) == 1 else None)}"]
     return "\n".join(lines)
@@ -294,7 +313,8 @@ def _member_lines(p: Plan, res: RunResult, role: str) -> list[str]:
     m = p.member
     head = (f"  {role} {p.cfg.student.name:<14} {fmt_count(p.stats['student_params']):>7} params "
             f"{fmt_count(p.stats['student_macs']):>8} MACs")
-    name = f"          {m.name}" if len(res.run_id) and p.job.label else None
+    plain = f"{role} {p.cfg.student.name}"
+    name = f"          {m.name}" if p.job.label and m.name != plain else None
     if res.status != DONE:
         return [head, f"          {res.status}: {res.error}"]
     r = m.result
@@ -302,6 +322,28 @@ def _member_lines(p: Plan, res: RunResult, role: str) -> list[str]:
     return [f"{head}  val {r.best_val_acc:.2f}%",
             f"          best at epoch {r.best_epoch + 1}, {r.final_val_acc:.2f}% final, "
             f"train-val gap {r.train_val_gap:+.2f}{peer}", *([name] if name else [])]
+
+
+def _cohort_table(plans: Sequence[Plan], results: Sequence[RunResult]) -> list[str]:
+    """The students' costs once per architecture, then one row per run: what it varies (its
+    sweep label, else its method and student), best and final val acc, best epoch, gap, run."""
+    out, seen = [], set()
+    for p in plans:
+        if p.cfg.student.name not in seen:
+            seen.add(p.cfg.student.name)
+            out.append(f"  student {p.cfg.student.name:<14} {fmt_count(p.stats['student_params']):>7}"
+                       f" params {fmt_count(p.stats['student_macs']):>8} MACs")
+    names = [p.member.name.split(" (", 1)[0] if p.job.label else p.member.name for p in plans]
+    w = max(5, *map(len, names))
+    out.append(f"  {'run':<{w}}  val best  epoch  final    gap  MLflow run")
+    for p, res, name in zip(plans, results, names, strict=True):
+        r = p.member.result
+        if res.status != DONE or not r.history:
+            out.append(f"  {name:<{w}}  {res.status}: {res.error}"[:160])
+            continue
+        out.append(f"  {name:<{w}}  {r.best_val_acc:8.2f}  {r.best_epoch + 1:5d}  "
+                   f"{r.final_val_acc:5.2f}  {r.train_val_gap:+5.2f}  {res.run_id[:8]}")
+    return out
 
 
 __all__ = ["Env", "abort", "finish", "run_name", "start", "summary"]

@@ -46,12 +46,16 @@ class JobContext:
     sweep_dir: Path
 
 
+def point_text(params: dict[str, Any], label: str | None = None) -> str:
+    """What a trial varies, short: ``alpha=0.4 T=4`` (the last part of each key), or its label."""
+    if label:
+        return label
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in params.items())
+
+
 def trial_label(t: TrialRef) -> str:
     """What a trial varies, for its run name: ``t05 alpha=0.4 T=4`` (or ``t05 <point label>``)."""
-    if t.label:
-        return f"t{t.number:02d} {t.label}"
-    varied = " ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in t.params.items())
-    return f"t{t.number:02d} {varied}".strip()
+    return f"t{t.number:02d} {point_text(t.params, t.label)}".strip()
 
 
 def trial_overrides(t: TrialRef, ctx: JobContext) -> list[str]:

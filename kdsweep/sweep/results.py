@@ -126,14 +126,57 @@ def summarise(study: optuna.Study, parent: ParentRun, info: Mapping[str, Any], s
                  f"{mask_url(str(info['tracking_uri']))}: {runs_link(parent.experiment_id)}")
     lines.append(f"  study {study.study_name} in {mask_url(str(info['storage']))}; "
                  f"study dir {study_dir}")
+    lines.append(f"  in the browser: optuna-dashboard {mask_url(str(info['storage']))} "
+                 "(pip install 'kdsweep[dashboard]')")
     print("\n".join(lines), flush=True)
+    table = None
     if report.enabled and write_report is not None:
         try:
             rep = write_report(study_dir, metric=report.metric, log_to_parent=True)
             print(rep.markdown, flush=True)
             print(f"  report: {rep.markdown_path}", flush=True)
+            table = rep.markdown
         except Exception as e:  # a report problem must not lose the sweep's results
             log.warning("could not write the sweep report: %s: %s", type(e).__name__, e)
+    parent.set_tags({"mlflow.note.content": description(study, best, lines[0], table)})
+
+
+def description(study: optuna.Study, best: Any, counts: str, table: str | None) -> str:
+    """The parent run's description in the MLflow UI (its Overview page): the best point, the
+    counts, and the report's tables (Markdown)."""
+    head = [f"**Sweep {study.study_name}**", ""]
+    if best is not None:
+        point = best.user_attrs.get("point") or " ".join(
+            format_override(k, v) for k, v in best.params.items())
+        head += [f"Best: **{best.value:.2f}** at `{point}` (trial {best.number}).", ""]
+    head.append(counts.removeprefix("kdsweep: ") + ".")
+    return "\n".join([*head, *(["", table] if table else [])])[:20000]
+
+
+def progress_line(study: optuna.Study, n_total: int, started: float, now: float) -> str:
+    """``kdsweep: sweep 8/16 trials done (1 pruned), best 26.50 alpha=0.4 T=2 | 2:31 elapsed,
+    ETA 2:31``: the whole sweep, printed after each batch of jobs."""
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    finished = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    pruned = sum(t.state == TrialState.PRUNED for t in done)
+    failed = sum(t.state == TrialState.FAIL for t in trials)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    best = (max if maximize else min)(finished, key=lambda t: t.value, default=None)
+    n = min(len(done), n_total)
+    took = now - started
+    left = took / n * (n_total - n) if n else None
+    line = f"kdsweep: sweep {n}/{n_total} trials done"
+    extra = [f"{k} {w}" for k, w in ((pruned, "pruned"), (failed, "failed attempts")) if k]
+    line += f" ({', '.join(extra)})" if extra else ""
+    if best is not None:
+        point = best.user_attrs.get("point") or " ".join(
+            f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in best.params.items())
+        line += f", best {best.value:.2f} {point}"
+    clock = f"{int(took // 60)}:{int(took % 60):02d} elapsed"
+    if left is not None and n < n_total:
+        clock += f", ETA {int(left // 60)}:{int(left % 60):02d}"
+    return f"{line} | {clock}"
 
 
 def parent_params(s: Any, space: Any, study_name: str) -> dict[str, str]:

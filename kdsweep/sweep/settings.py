@@ -45,7 +45,8 @@ class Settings:
     """
 
     # The Optuna sampler, {_target_: optuna.samplers.NAME, **arguments}; Hydra fills it from the
-    # config group hydra/sweeper/sampler (tpe, random, grid, cmaes, nsgaii). Empty: TPE.
+    # config group hydra/sweeper/sampler (auto, tpe, random, grid, cmaes, nsgaii). auto or empty:
+    # a grid when every swept key is a list or choice(), else TPE (kdsweep/sweep/auto.py).
     sampler: dict[str, Any] = field(default_factory=dict)
     # The Optuna pruner, stored with the study; Hydra fills it from hydra/sweeper/pruner (none,
     # median, hyperband). Empty: no pruning.
@@ -59,8 +60,9 @@ class Settings:
     study_name: str | None = None
     # null: <launch dir>/multirun/<study_name>; holds the default storage, sweep.json and the report
     study_dir: str | None = None
-    # The study's total: a re-run only runs what is missing. null with a grid = the whole grid.
-    n_trials: int | None = 20
+    # The study's total: a re-run only runs what is missing. null: the whole grid, or 20 trials
+    # for a search.
+    n_trials: int | None = None
     # Trials launched at once (one batch per launcher call): parallel with the joblib launcher.
     n_jobs: int = 1
     # Abort the sweep when more than this fraction of one batch failed (1.0: never abort).
@@ -79,7 +81,9 @@ class Settings:
     report: ReportSettings = field(default_factory=ReportSettings)
     # Fused trials: up to this many trials that share the data set, teacher, batch size, seed and
     # epochs train as one job, with one batch stream and one teacher pass (1: every trial alone).
-    fuse: int = 1
+    # auto: a grid's trials in one job per launcher slot (at most 64; split by the memory check),
+    # 4 per job for a search.
+    fuse: Any = "auto"
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> Settings:
@@ -137,8 +141,10 @@ def check_settings(s: Settings) -> None:
         raise SweepError(f"hydra.sweeper.direction={s.direction!r} must be maximize or minimize")
     if s.n_jobs < 1:
         raise SweepError(f"hydra.sweeper.n_jobs={s.n_jobs} must be >= 1")
-    if s.fuse < 1:
-        raise SweepError(f"hydra.sweeper.fuse={s.fuse} must be >= 1 (1: every trial its own job)")
+    if s.fuse != "auto" and (isinstance(s.fuse, bool) or not isinstance(s.fuse, int)
+                             or s.fuse < 1):
+        raise SweepError(f"hydra.sweeper.fuse={s.fuse!r} must be auto or an integer >= 1 (1: "
+                         "every trial its own job)")
     if not 0.0 <= s.max_failure_rate <= 1.0:
         raise SweepError(f"hydra.sweeper.max_failure_rate={s.max_failure_rate} must be in [0, 1]")
     if s.heartbeat_interval < 1:

@@ -247,20 +247,7 @@ def build(params: Mapping[str, Any] | None, arguments: Sequence[str], *, grid: b
         space.axes = [(k, grid_values(k, d)) for k, d in space.distributions.items()]
         space.points = [Point(dict(zip([k for k, _ in space.axes], combo, strict=True)))
                         for combo in _product([v for _, v in space.axes])]
-        space.distributions = {k: _axis_distribution(v) for k, v in space.axes}
     return space
-
-
-def _axis_distribution(values: list[Any]) -> BaseDistribution:
-    """How a grid axis is described to Optuna: numbers as a numeric range (so that dashboards
-    sort 2, 4, 8, 16 as numbers, not as text), anything else as categorical. The grid itself is
-    enumerated by kdsweep; the distribution only describes it."""
-    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if values and len(numbers) == len(values):
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(min(values), max(values))
-        return FloatDistribution(float(min(values)), float(max(values)))
-    return CategoricalDistribution(values)
 
 
 def _product(axes: list[list[Any]]) -> Iterable[tuple[Any, ...]]:

@@ -35,17 +35,19 @@ from optuna.trial import TrialState
 
 from kdsweep import liveness
 from kdsweep.errors import SweepError
+from kdsweep.sweep import auto
 from kdsweep.sweep import space as _space
 from kdsweep.sweep.checks import preflight
 from kdsweep.sweep.claims import Claims
-from kdsweep.sweep.jobs import JobContext, JobSpec, plan_jobs
+from kdsweep.sweep.define import define_study
+from kdsweep.sweep.jobs import JobContext, JobSpec, plan_jobs, point_text, trial_label
 from kdsweep.sweep.parent import ParentRun
-from kdsweep.sweep.pruning import STUDY_ATTR as PRUNER_ATTR
 from kdsweep.sweep.pruning import make_pruner
 from kdsweep.sweep.results import (
     Ending,
     TooManyFailures,
     parent_params,
+    progress_line,
     summarise,
     tally,
     write_sweep_json,
@@ -61,7 +63,6 @@ log = logging.getLogger(__name__)
 
 POINT_ATTR = "kdsweep:point"
 OWNER_ATTR = "kdsweep:owner"
-DEFINITION_ATTR = "kdsweep_definition"
 ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 DEAD = "its sweeper process died"
 
@@ -81,12 +82,13 @@ class Sweep:
     def run(self, arguments: Sequence[str], ctx: Context) -> Ending:
         """Run the trials the study is missing; returns how many of its points (or trials) are
         still unfinished at the end. Bad settings raise :class:`SweepError`."""
+        self.s, chosen = auto.resolve(self.s, arguments)
+        self.started = time.time()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # kdsweep prints what happens
         try:
             space = _space.build(self.s.params, arguments, grid=self.is_grid, points=self.s.points)
         except SearchSpaceError as e:
             raise SweepError(str(e)) from None
-        if not self.is_grid and self.s.n_trials is None:
-            raise SweepError("hydra.sweeper.n_trials=null is only allowed with a grid; set a number")
         if not self.is_grid and not space.distributions:
             raise SweepError("nothing to sweep: give hydra.sweeper.params or key=choice(...)/"
                              "interval(...) overrides")
@@ -114,13 +116,14 @@ class Sweep:
                                          sampler=sampler, direction=self.s.direction,
                                          load_if_exists=True)
         self.study_id = self.storage.get_study_id_from_name(study_name)
-        self._define_study()
+        define_study(self.study, self.s, self.space, self.url)
         self.claims = Claims(url, sqlite_kwargs(url))
         # The MLflow store is created once here, before any worker starts (concurrent first use
         # of a fresh store races in MLflow's schema migration).
         open_store(ctx.tracking_uri, ctx.experiment, ctx.lock_dir)
         self.parent = ParentRun(ctx.tracking_uri, ctx.experiment)
-        self.n_total = self._n_total()
+        self.n_total = auto.total(self.s, self.space)
+        self.s = auto.with_fuse(self.s, self.n_total, self.is_grid, chosen)
         self.parent.ensure(self.claims, study_name, url, params=parent_params(self.s, self.space, study_name), tags={
             "kdsweep.n_trials": self.n_total, "kdsweep.n_jobs": self.s.n_jobs,
             "kdsweep.fuse": self.s.fuse, "kdsweep.study_dir": str(self.study_dir),
@@ -160,28 +163,7 @@ class Sweep:
             self.claims.dispose()
         return Ending(unfinished, self.n_total, tally["failed"], stopped)
 
-    def _define_study(self) -> None:
-        study = self.study
-        if study.direction.name.lower() != self.s.direction:
-            raise SweepError(f"study {study.study_name!r} in {mask_url(self.url)} was created to "
-                             f"{study.direction.name.lower()}, not {self.s.direction}")
-        definition = {"space": self.space.describe(), "sampler": self.s.sampler,
-                      "pruner": self.s.pruner, "direction": self.s.direction}
-        old = study.user_attrs.get(DEFINITION_ATTR)
-        if old is not None and old.get("space") != definition["space"]:
-            log.warning("study %s was run with another search space before; its trials stay in "
-                        "the study (and count for samplers other than grid)", study.study_name)
-        study.set_user_attr(DEFINITION_ATTR, definition)
-        study.set_user_attr(PRUNER_ATTR, self.s.pruner)
-        study.set_metric_names(["best_val_acc"])
-
     # ------------------------------------------------------------------------- bookkeeping
-    def _n_total(self) -> int:
-        if self.space.points is not None:
-            n = len(self.space.points)
-            return n if self.s.n_trials is None else min(int(self.s.n_trials), n)
-        return int(self.s.n_trials)
-
     def _trial_id(self, number: int) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
@@ -270,9 +252,13 @@ class Sweep:
                 print(f"kdsweep: {len(batch)} trials in {len(jobs)} job(s): "
                       + ", ".join(f"{len(j.trials)} fused" if j.fused else "1" for j in jobs),
                       flush=True)
+            else:
+                for t in batch:
+                    print(f"kdsweep: trial {trial_label(t)}", flush=True)
             outcomes = self.ctx.launch([j.overrides for j in jobs])
             failures = sum(self._tell(j, o) for j, o in zip(jobs, outcomes, strict=True))
             budget -= len(batch)
+            print(progress_line(self.study, self.n_total, self.started, time.time()), flush=True)
             if failures and failures / len(batch) > self.s.max_failure_rate:
                 raise TooManyFailures(f"{failures} of {len(batch)} trials failed, more than "
                                  f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}")
@@ -304,7 +290,7 @@ class Sweep:
             frozen = optuna.trial.create_trial(
                 state=TrialState.RUNNING, params=dict(p.values),
                 distributions={n: self.space.distributions[n] for n in p.values},
-                user_attrs={"label": p.label} if p.label else None,
+                user_attrs={"point": point_text(p.values, p.label)},
                 system_attrs={POINT_ATTR: p.key, OWNER_ATTR: liveness.owner()})
             trial_id = self.storage.create_new_trial(self.study_id, template_trial=frozen)
             t = TrialRef(trial_id, self.storage.get_trial_number_from_id(trial_id), p.overrides(),
@@ -330,6 +316,7 @@ class Sweep:
             t = TrialRef(self._trial_id(trial.number), trial.number,
                          [format_override(n, v) for n, v in params.items()], params)
             self.storage.set_trial_system_attr(t.trial_id, OWNER_ATTR, liveness.owner())
+            self.storage.set_trial_user_attr(t.trial_id, "point", point_text(params))
             self._track(t)
             twin = complete.get(json.dumps(params, sort_keys=True, default=str))
             if twin is not None:
