@@ -172,3 +172,27 @@ def test_modreduce_and_pku_tables_cover_their_published_rows(composed):
     points = _points(composed(["experiment=wrn_methods_cifar100"]))
     assert {p.values["student"] for p in points} == set(get_published("pkudavidguan_cifar100").rows)
     assert {p.label for p in points} == set(get_published("pkudavidguan_cifar100").cols)
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_smoke_schedules_fit_their_epochs(composed, name):
+    """debug=smoke trains 4 epochs: a step schedule's milestones (the CIFAR recipe's 150/180/210
+    of 240) are scaled to them (fractions), so the LR decays within the run; warmup ends before
+    the last epoch. Every schedule a point picks (the tricks table) is checked too."""
+    from kdsweep.engine.optim import milestone_steps
+
+    cfg = composed([f"experiment={name}", "debug=smoke"])
+    variants = {(): cfg}
+    if PRESETS[name][4] is not None:
+        for p in _points(cfg):
+            ov = tuple(o for o in p.overrides() if o.split("=")[0].lstrip("+~").startswith("schedule"))
+            if ov and ov not in variants:
+                variants[ov] = composed([f"experiment={name}", "debug=smoke", *ov], hydra=False)
+    for ov, c in variants.items():
+        s = c.schedule
+        per_epoch = c.train.limit_train_batches                 # the iterations the LR steps
+        steps = milestone_steps(list(s.milestones), s.epochs, per_epoch)
+        assert s.epochs == 4 and all(0 < m < s.epochs * per_epoch for m in steps), (ov, steps)
+        if s.name == "step":
+            assert len(steps) == 3, ov                        # three decays, as the recipe
+        assert s.warmup_epochs < s.epochs, ov

@@ -98,10 +98,19 @@ def test_sparse_alpha_t_table_with_published_numbers(tmp_path):
     logged = {a.path for a in store.client.list_artifacts(parent, "report")}
     assert logged == {f"report/{n}" for n in ("report.md", "report.csv", "runs.csv", "report.tex",
                                                "heatmap.png", "curves.png")}
-    cells = pd.read_csv(d / "report.csv")
-    row = cells[(cells["row"] == 0.6) & (cells["col"] == 3)].iloc[0]
+    cells = pd.read_csv(d / "report.csv")   # the axes named by the swept keys
+    assert list(cells.columns[:4]) == ["table", "method.alpha", "method.T", "n"]
+    row = cells[(cells["method.alpha"] == 0.6) & (cells["method.T"] == 3)].iloc[0]
     assert row["best_val_acc_mean"] == pytest.approx(81.28) and row["published"] == 81.28
-    assert "\\begin{tabular}" in (d / "report.tex").read_text()
+    runs = pd.read_csv(d / "runs.csv")
+    assert list(runs.columns[:3]) == ["method.alpha", "method.T", "run_id"]
+    tex = (d / "report.tex").read_text()
+    assert "\\begin{tabular}{lcccccccccccc}" in tex
+    head = tex.split("\\toprule\n")[1].split("\\midrule")[0]
+    assert head.count("\\\\") == 1                                 # one header row
+    assert head.startswith("alpha \\textbackslash{} T & 1 & 1 published & 1 $\\Delta$ & 3 &")
+    assert "0.6 &  &  &  & \\textbf{81.28} / 80.28 & 81.28 & +0.00 &" in tex   # best in bold
+    assert "\\caption{best / last epoch validation accuracy (\\%), 1 seed; \\textbf{bold}: the highest" in tex
 
     # Smoke runs (another data set) are not compared with the published table.
     other = write_report(d, out_dir=tmp_path / "o", log_to_parent=False, published="crd_dkd_cifar100")
@@ -163,6 +172,9 @@ def test_sampled_sweep_lists_trials_by_value(tmp_path):
     assert table.row_labels == ["1", "2", "0"] and table.extra[0] == ["0.77", "1.9"]
     assert [v[0] for v in table.values()] == [61.5, 58.25, 55.0]
     assert table.cells[0][0].text() == "**61.50** / 60.50"                 # best / last epoch
+    cells = pd.read_csv(d / "report.csv")                                 # full keys, as run
+    assert list(cells.columns[:4]) == ["table", "trial", "method.alpha", "method.T"]
+    assert list(cells["method.alpha"]) == [0.77, 0.5, 0.31]
 
 
 def test_parse_overrides():
@@ -280,12 +292,21 @@ def test_pairs_by_methods_with_seeds_published_and_baselines(tmp_path):
     assert "| 73.00 (wrn_40_2 -> wrn_16_2, dkd) | -1.00 |" in md     # vs the best ce run, 74.00
     # CSV (pandas): one row per cell and one per run; LaTeX of the pivot.
     cells = pd.read_csv(d / "report.csv")
-    assert len(cells) == 15 and set(cells.columns) >= {"row", "col", "n", "best_val_acc_mean",
-                                                      "best_val_acc_std", "published", "delta"}
+    assert len(cells) == 15 and list(cells.columns[:4]) == ["table", "teacher,student", "method",
+                                                            "n"]
+    assert set(cells.columns) >= {"best_val_acc_mean", "best_val_acc_std", "published", "delta"}
     runs = pd.read_csv(d / "runs.csv")
     assert set(runs["state"]) == {"finished", "failed", "running (last val 73.50)"}
+    assert list(runs.columns[:2]) == ["teacher,student", "method"]
+    assert set(runs["seed"].dropna()) == {0, 1}
     tex = (d / "report.tex").read_text()
-    assert "wrn\\_40\\_2 -> wrn\\_16\\_2" in tex and "70.25 ± 0.35" in tex
+    assert "wrn\\_40\\_2 $\\rightarrow$ wrn\\_16\\_2" in tex and "70.25 $\\pm$ 0.35" in tex
+    head = tex.split("\\toprule\n")[1].split("\\midrule")[0]
+    assert head.count("\\\\") == 1 and head.startswith(
+        "teacher $\\rightarrow$ student \\textbackslash{} method & vanilla & vanilla published &")
+    assert tex.count("\\textbf{") == 3 + 1 and "\\textbf{73.00} / 72.75 + running" in tex
+    assert "mean over 1-2 seeds ($\\pm$ std, n); \\textbf{bold}: the highest per row." in tex
+    assert "note:" not in tex                          # every teacher beats its students
     assert (d / "heatmap.png").read_bytes()[:4] == PNG and (d / "curves.png").read_bytes()[:4] == PNG
 
 
@@ -339,15 +360,22 @@ def test_sixteen_curves_are_small_multiples_with_titles(tmp_path):
     fig = seen["curves.png"]
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 4 and [ax.get_title() for ax in axes] == [
-        "alpha = 0.2", "alpha = 0.4", "alpha = 0.6", "alpha = 0.8"]
+        "method.alpha = 0.2", "method.alpha = 0.4", "method.alpha = 0.6", "method.alpha = 0.8"]
+    assert {ax.get_xlabel() for ax in axes} == {"epoch"}
+    assert axes[0].get_ylabel() == "validation accuracy (%)"
     assert fig._suptitle.get_text() == "grid"
     colours = [tuple(line.get_color()) for line in axes[0].get_lines()]
     assert len(colours) == 4 and len(set(colours)) == 4
     assert [tuple(line.get_color()) for line in axes[3].get_lines()] == colours  # same per T
     (legend,) = fig.legends                                   # one legend, outside the axes
-    assert [t.get_text() for t in legend.get_texts()] == ["T = 2", "T = 4", "T = 8", "T = 16"]
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "method.T = 2", "method.T = 4", "method.T = 8", "method.T = 16"]
     assert not any(ax.get_legend() for ax in axes)
-    assert seen["heatmap.png"]._suptitle.get_text() == "grid"
+    heat = seen["heatmap.png"]
+    assert heat._suptitle.get_text() == "grid"
+    ax, bar = heat.axes                                       # the axes name the swept keys
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("method.T", "method.alpha")
+    assert bar.get_ylabel() == "best val acc (%)"             # the colour bar names the metric
     assert (tmp_path / "curves.png").read_bytes()[:4] == PNG
 
 
@@ -400,3 +428,108 @@ def test_train_val_gaps_beside_the_published_ones():
     md = tables[0].markdown("best_val_acc")
     assert "| run | best / last | published | Δ | train-val gap (published) |" in md
     assert "| tv_resnet18 | **79.50 ± 0.71** / 78.00 ± 0.00 (n=2) | 79.11 | +0.39 | 14.50 (14.17) |" in md
+
+
+# ------------------------------------------------------------------ what a paper can use
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the report saves, by file name."""
+    from matplotlib.figure import Figure
+
+    seen, real = {}, Figure.savefig
+
+    def spy(fig, path, *a, **k):
+        seen[Path(path).name] = fig
+        return real(fig, path, *a, **k)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
+def _smoke_grid(tmp_path: Path, teacher_acc: float, direction: str = "maximize"):
+    """A 2 x 2 alpha x T grid of resnet14 -> resnet8 on the embedded set, as debug=smoke makes
+    it: the sweep's own overrides in sweep.json's ``fixed``, children that ran only their point."""
+    store = Store(tmp_path)
+    tags = {"dataset": "embedded", "teacher": "resnet14", "student": "resnet8", "method": "kd"}
+    teacher = store.child(None, None, "method=ce student=resnet14", teacher_acc, method="ce",
+                          student="resnet14", teacher="none", dataset="embedded")
+    parent = store.parent("g")
+    points, accs = [], {(0.2, 2): 22.0, (0.2, 4): 25.5, (0.8, 2): 23.0, (0.8, 4): 24.0}
+    for i, ((a, t), acc) in enumerate(accs.items()):
+        points.append({"label": None, "values": {"method.alpha": a, "method.T": t}})
+        rid = store.child(parent, i, f"method.alpha={a} method.T={t}", acc, curve=(acc - 3, acc),
+                          teacher_run_id=teacher, **tags)
+        store.client.log_param(rid, "schedule.epochs", "4")
+    d = tmp_path / "multirun" / "g"
+    info = sweep_json(d, store, parent, {
+        "params": {"method.alpha": {"type": "float"}, "method.T": {"type": "int"}},
+        "fixed": ["experiment=alpha_t_grid_wrn", "debug=smoke", "schedule.lr=0.1"],
+        "axes": [["method.alpha", [0.2, 0.8]], ["method.T", [2, 4]]], "points": points})
+    info["direction"] = direction
+    (d / "sweep.json").write_text(json.dumps(info))
+    return store, d
+
+
+def test_weak_teacher_flagged_and_the_baseline_command_fills_the_gain(tmp_path, figures):
+    store, d = _smoke_grid(tmp_path, teacher_acc=19.9)
+    rep = write_report(d, log_to_parent=False)
+    (note,) = rep.notes
+    assert note.startswith("note: the teacher resnet14 (19.9 %) is weaker than every student it "
+                           "taught on embedded (22.0-25.5 %): distillation from it measures little")
+    cmd = ("python run.py method=ce student=resnet8 dataset=embedded experiment=alpha_t_grid_wrn "
+           "debug=smoke schedule.lr=0.1")        # the sweep's own overrides, not the swept keys
+    assert "`python run.py method=ce student=resnet14 dataset=embedded experiment=" in note
+    assert "schedule.epochs=40`" in note and "teacher.min_val_acc=" in note
+    assert "**note:** the teacher resnet14" in rep.markdown
+    assert f"not run: `{cmd}`" in rep.markdown
+    assert "| 25.50 (0.2, 4) |  |" in rep.markdown                          # no gain yet
+    assert f"% {note}" in (d / "report.tex").read_text()
+    heat = figures["heatmap.png"]
+    assert heat._suptitle.get_text() == "s: best val acc (%), 1 seed"      # not "mean over"
+    assert any("weaker than every student" in t.get_text().replace("\n", " ")
+               for t in heat.axes[0].texts)
+    ax = heat.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("method.T", "method.alpha")
+    assert figures["curves.png"]._suptitle.get_text() == "s: validation accuracy per epoch"
+
+    # Running the command (here: a finished ce run of resnet8 on the set) fills the gain.
+    store.child(None, None, cmd, 24.5, method="ce", student="resnet8", teacher="none",
+                dataset="embedded")
+    rep = write_report(d, log_to_parent=False)
+    assert "not run:" not in rep.markdown and "| 25.50 (0.2, 4) | +1.00 |" in rep.markdown
+
+
+def test_best_cell_follows_the_sweeps_direction(tmp_path):
+    _, d = _smoke_grid(tmp_path, teacher_acc=30.0, direction="minimize")
+    rep = write_report(d, log_to_parent=False)
+    assert rep.notes == []                                   # a teacher better than its students
+    (table,) = rep.tables
+    assert [[c.best for c in row] for row in table.cells] == [[True, False], [False, False]]
+    assert "**bold** = best (lowest)" in rep.markdown
+    tex = (d / "report.tex").read_text()
+    assert "\\textbf{22.00}" in tex and "the lowest overall" in tex and "note:" not in tex
+
+
+def test_seed_counts_and_list_labels_in_the_titles(tmp_path, figures):
+    """Cells of several seeds say "mean over N seeds"; bars name their axes."""
+    _, _, d, _ = _benchmark(tmp_path)
+    write_report(d, log_to_parent=False)
+    heat = figures["heatmap.png"]
+    assert heat._suptitle.get_text() == ("s: best val acc (%), mean over 1-2 seeds; "
+                                         "Δ = measured - published")
+    assert (heat.axes[0].get_xlabel(), heat.axes[0].get_ylabel()) == ("method", "teacher -> student")
+    assert figures["curves.png"]._suptitle.get_text().endswith(
+        "mean over 1-2 seeds (band: min-max)")
+    store = Store(tmp_path / "b")
+    parent = store.parent("l")
+    for i, lab in enumerate(("steplr", "cosinlr")):
+        store.child(parent, i, f"schedule={lab}", 70.0 + i)
+    d = tmp_path / "l"
+    sweep_json(d, store, parent, {"params": {}, "points": [
+        {"label": lab, "values": {"schedule": lab}} for lab in ("steplr", "cosinlr")]},
+        {"label_header": "tricks"})
+    write_report(d, log_to_parent=False)
+    (ax,) = figures["bars.png"].axes
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("best val acc (%)", "tricks")
+    assert ax.get_title() == "s: best val acc (%), 1 seed"
+    assert pd.read_csv(d / "report.csv").columns[1] == "tricks"

@@ -53,3 +53,20 @@ def test_warmup_ramps_linearly_then_cosine():
     assert all(d == pytest.approx(0.009) for d in diffs)
     assert lr[10] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lr[10:], lr[11:], strict=False))
+
+
+def test_smoke_overlay_keeps_the_cifar_shape_in_four_epochs():
+    """conf/debug/smoke.yaml's milestones: 150/180/210 of 240 as fractions, so 4 epochs of 10
+    iterations decay at iterations 25, 30 and 35 (a staircase, not a flat LR)."""
+    from pathlib import Path
+
+    import yaml
+
+    smoke = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "debug"
+                            / "smoke.yaml").read_text())["schedule"]
+    assert smoke["milestones"] == [150 / 240, 180 / 240, 210 / 240]
+    cfg = {"name": "step", "epochs": smoke["epochs"], "lr": 0.05, "gamma": 0.1,
+           "milestones": smoke["milestones"]}
+    lr = lrs(cfg, steps_per_epoch=10)
+    assert lr[24] == pytest.approx(0.05) and lr[25] == pytest.approx(0.005)
+    assert lr[30] == pytest.approx(0.0005) and lr[35] == pytest.approx(0.00005)

@@ -49,7 +49,9 @@ from kdsweep.report.tables import (  # noqa: F401  (re-exported: the report's pu
     Table,
     format_value,
     higher_is_better,
+    metric_label,
     parse_overrides,
+    replicates,
     short,
 )
 from kdsweep.tracking.secrets import MASK
@@ -70,6 +72,7 @@ class Report:
     markdown: str
     out_dir: Path
     files: list[Path]
+    notes: list[str]     # what makes the numbers doubtful (a teacher weaker than its students)
 
     @property
     def markdown_path(self) -> Path:
@@ -136,7 +139,7 @@ def fetch_children(client: MlflowClient, parent_run_id: str) -> list[Child]:
         trial = tags.get("optuna.trial")
         out.append(Child(r.info.run_id, r.info.status, r.info.start_time or 0,
                          int(trial) if trial and trial.isdigit() else None, coords,
-                         dict(r.data.metrics), dict(tags)))
+                         dict(r.data.metrics), dict(tags), dict(r.data.params)))
     return out
 
 
@@ -159,7 +162,7 @@ def _status_line(info: Mapping[str, Any], tables: Sequence[Table], children: Seq
 
 def render(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[Child],
            metric: str, pairs: Sequence[Any] = (), published: Published | None = None,
-           why_not: str = "") -> str:
+           why_not: str = "", maximize: bool | None = None, notes: Sequence[str] = ()) -> str:
     name = info.get("study_name") or info.get("parent_run_id")
     parts = [f"## Sweep {name}", ""]
     if published is not None:
@@ -175,7 +178,7 @@ def render(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[
         f"Values: {what} of the child runs of MLflow run `{info.get('parent_run_id')}` "
         f"(experiment `{info.get('experiment', '?')}`); several runs of one cell (seeds) are "
         "mean ± sample std (n=runs); "
-        f"**bold** = best{'' if higher_is_better(metric) else ' (lowest)'}; "
+        f"**bold** = best{'' if _hib(metric, maximize) else ' (lowest)'}; "
         "an empty cell = a point not run"
         + ("; ↳ published = the source's number, Δ = measured - published, measured as the "
            "source reports it (best or last epoch)" if published is not None else "") + ".")
@@ -183,7 +186,29 @@ def render(info: Mapping[str, Any], tables: Sequence[Table], children: Sequence[
     extra = baselines.markdown(pairs, metric, published)
     if extra:
         parts += ["", extra]
+    parts += [x for n in notes for x in ("", f"**{n[:5]}**{n[5:]}" if n.startswith("note:") else n)]
     return "\n".join(parts) + "\n"
+
+
+def _hib(metric: str, maximize: bool | None) -> bool:
+    return higher_is_better(metric) if maximize is None else maximize
+
+
+def maximize_of(info: Mapping[str, Any], metric: str) -> bool | None:
+    """The sweep's direction for its objective (``best_val_acc``); None: by the metric's name."""
+    direction = info.get("direction")
+    if metric != BEST or direction not in ("maximize", "minimize"):
+        return None
+    return direction == "maximize"
+
+
+def swept_keys(info: Mapping[str, Any]) -> list[str]:
+    """The keys a sweep varies (grid axes, search parameters), without +/~ prefixes."""
+    from kdsweep.report.layout import normalised
+
+    space = normalised(info.get("space") or {})
+    keys = [a[0] for a in space.get("axes") or []] + list((space.get("params") or {}).keys())
+    return list(dict.fromkeys(keys))
 
 
 def _published_of(info: Mapping[str, Any], override: str | None,
@@ -219,35 +244,46 @@ def write_report(target: str | Path, metric: str = BEST, out_dir: str | Path | N
     children = fetch_children(client, parent_id)
     pub, why_not = _published_of(info, published, children)
     tables = build_tables(info, children, metric)
-    runs = frame.fill(tables, metric, pub)
-    pairs = baselines.resolve(client, experiment_id, children, tables, metric)
-    text = render(info, tables, children, metric, pairs, pub, why_not)
+    maximize = maximize_of(info, metric)
+    runs = frame.fill(tables, metric, pub, maximize)
+    fixed = [str(x) for x in (info.get("space") or {}).get("fixed") or []]
+    pairs = baselines.resolve(client, experiment_id, children, tables, metric, fixed,
+                              swept_keys(info), maximize)
+    notes = baselines.teacher_notes(pairs)
+    text = render(info, tables, children, metric, pairs, pub, why_not, maximize, notes)
     out = Path(out_dir) if out_dir else sweep_dir or Path.cwd() / f"report-{parent_id[:8]}"
     out.mkdir(parents=True, exist_ok=True)
     suffix = "" if metric == BEST else f"-{metric}"
     md = out / f"report{suffix}.md"
     md.write_text(text)
-    files = [md, *frame.write_csv(tables, runs, out, suffix), frame.write_latex(tables, out, suffix)]
-    files += _plots(client, info, tables, pairs, out, metric, suffix)
+    files = [md, *frame.write_csv(tables, runs, out, suffix),
+             frame.write_latex(tables, out, suffix, metric, _hib(metric, maximize), notes)]
+    files += _plots(client, info, tables, pairs, out, metric, suffix, notes)
     if log_to_parent:
         for f in files:
             client.log_artifact(parent_id, str(f), "report")
-    return Report(parent_id, metric, tables, children, text, out, files)
+    return Report(parent_id, metric, tables, children, text, out, files, notes)
 
 
 def _plots(client: MlflowClient, info: Mapping[str, Any], tables: Sequence[Table],
-           pairs: Sequence[Any], out: Path, metric: str, suffix: str) -> list[Path]:
+           pairs: Sequence[Any], out: Path, metric: str, suffix: str,
+           notes: Sequence[str] = ()) -> list[Path]:
     name = info.get("study_name") or info.get("parent_run_id")
+    what = f"{metric_label(metric)}, {replicates(tables)}"
+    if any(c.delta is not None for t in tables for row in t.cells for c in row):
+        what += "; Δ = measured - published"
     files = []
     pivots = [t for t in tables if t.kind == "pivot"]
     if pivots:
         files.append(report_plots.heatmap(pivots, out / f"heatmap{suffix}.png", metric,
-                                          f"{name}: {metric} (%), mean over seeds"))
+                                          f"{name}: {what}", notes))
     elif any(t.cells for t in tables):
         files.append(report_plots.bars(tables, out / f"bars{suffix}.png", metric,
-                                       f"{name}: {metric} (%)"))
+                                       f"{name}: {what}", notes))
+    seeds = replicates(tables)
+    band = f", {seeds} (band: min-max)" if seeds.startswith("mean") else ""
     curves = report_plots.curves(client, tables, out / "curves.png",
-                                 f"{name}: validation accuracy per epoch",
+                                 f"{name}: validation accuracy per epoch{band}",
                                  baselines.baseline_runs(pairs))
     return files + ([curves] if curves is not None else [])
 

@@ -10,34 +10,59 @@ the statistics and the published numbers into the tables' cells; :func:`write_cs
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from kdsweep.report.published import Published
-from kdsweep.report.tables import BEST, LAST, Table, mark_best, signed
+from kdsweep.report.tables import (
+    BEST,
+    LAST,
+    Table,
+    mark_best,
+    metric_label,
+    replicates,
+    signed,
+)
 
 GAP = "train_val_gap"
 NUMBERS = (BEST, LAST, GAP)
 
 
+def _axes(t: Table, i: int, j: int) -> dict[str, str]:
+    """A position named by the swept keys: ``{"method.alpha": "0.2", "method.T": "4"}``, a list
+    table's row header (``trial``, ``point``, the label header) and its swept values."""
+    out = {t.row_name or "row": t.row_labels[i]}
+    if t.col_name:
+        out[t.col_name] = t.col_labels[j]
+    if t.extra:   # a trial's values as it ran them (the table shows them rounded)
+        run = t.cells[i][j].runs[0].coords if t.cells[i][j].runs else {}
+        out.update({k: run.get(k, shown) for k, shown in
+                    zip(t.extra_keys or t.extra_cols, t.extra[i], strict=True)})
+    return out
+
+
+_RUN_COLS = ("run_id", "trial", "seed", "status", "state")
+
+
 def runs_frame(tables: Sequence[Table], metric: str) -> pd.DataFrame:
     """One row per (table position, run): where it is, its state and its final metrics."""
-    rows = []
+    rows, axes = [], {}
     for t_i, t in enumerate(tables):
         for i, row in enumerate(t.cells):
             for j, cell in enumerate(row):
+                pos = {k: v for k, v in _axes(t, i, j).items() if k not in _RUN_COLS}
+                axes.update(dict.fromkeys(pos))
                 for c in cell.runs:
-                    rec = {"table": t_i, "i": i, "j": j, "row": t.row_labels[i],
-                           "col": t.col_labels[j], "run_id": c.run_id, "trial": c.trial,
-                           "seed": c.coords.get("seed", c.tags.get("seed")),
+                    rec = {"table": t_i, "i": i, "j": j, **pos, "run_id": c.run_id,
+                           "trial": c.trial, "seed": c.seed,
                            "status": c.status, "state": "finished" if c.finished else c.state()}
                     for m in dict.fromkeys((*NUMBERS, metric)):
                         rec[m] = c.value(m) if c.finished else None
                     rows.append(rec)
-    cols = ["table", "i", "j", "row", "col", "run_id", "trial", "seed", "status", "state",
-            *dict.fromkeys((*NUMBERS, metric))]
+    cols = ["table", "i", "j", *axes, *_RUN_COLS, *dict.fromkeys((*NUMBERS, metric))]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -45,7 +70,8 @@ def _stat(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def fill(tables: Sequence[Table], metric: str, published: Published | None = None) -> pd.DataFrame:
+def fill(tables: Sequence[Table], metric: str, published: Published | None = None,
+         maximize: bool | None = None) -> pd.DataFrame:
     """Cell statistics (pandas groupby) written into the cells; returns the runs' frame."""
     df = runs_frame(tables, metric)
     need = list(dict.fromkeys((metric, LAST)))
@@ -68,7 +94,7 @@ def fill(tables: Sequence[Table], metric: str, published: Published | None = Non
             cell.gap = _stat(runs[GAP].mean()) if runs[GAP].notna().any() else None
     if published is not None:
         _published(tables, published, done)
-    mark_best(tables, metric)
+    mark_best(tables, metric, maximize)
     return df
 
 
@@ -93,10 +119,10 @@ def cells_frame(tables: Sequence[Table]) -> pd.DataFrame:
     """One row per cell (``report.csv``): position, statistics, published number, difference."""
     rows = []
     for t in tables:
-        for r, row in zip(t.row_labels, t.cells, strict=True):
-            for c, cell in zip(t.col_labels, row, strict=True):
+        for i, row in enumerate(t.cells):
+            for j, cell in enumerate(row):
                 rows.append({
-                    "table": t.title, "row": r, "col": c, "n": cell.n,
+                    "table": t.title, **_axes(t, i, j), "n": cell.n,
                     f"{cell.metric}_mean": cell.value, f"{cell.metric}_std": cell.std,
                     f"{LAST}_mean": cell.last, f"{LAST}_std": cell.last_std,
                     "train_val_gap_mean": cell.gap, "published_train_val_gap": cell.published_gap,
@@ -113,27 +139,59 @@ def write_csv(tables: Sequence[Table], runs: pd.DataFrame, out: Path, suffix: st
     return [cells, per_run]
 
 
-def _latex_frame(t: Table) -> pd.DataFrame:
-    data = {}
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_SYMBOLS = ((" ± ", r" $\pm$ "), ("Δ", r"$\Delta$"), (" -> ", r" $\rightarrow$ "))
+
+
+def tex(text: str) -> str:
+    """Cell text as LaTeX: special characters escaped, ``**best**`` as ``\\textbf{best}``."""
+    out = "".join(_TEX.get(ch, ch) for ch in str(text))
+    for a, b in _SYMBOLS:
+        out = out.replace(a, b)
+    return re.sub(r"\*\*(.+?)\*\*", r"\\textbf{\1}", out)
+
+
+def _latex_frame(t: Table, metric: str = BEST) -> pd.DataFrame:
+    """The table with one header row: the corner names both axes (``alpha \\ T``)."""
+    data = {t.corner or t.row_name or "": t.row_labels}
+    for k, name in enumerate(t.extra_cols):
+        data[name] = [e[k] for e in t.extra]
     for j, col in enumerate(t.col_labels):
-        data[col or "best / last"] = [row[j].text().replace("**", "") for row in t.cells]
+        data[col or ("best / last" if metric == BEST else metric)] = [row[j].text()
+                                                                     for row in t.cells]
         if any(row[j].published is not None for row in t.cells):
             data[f"{col} published".strip()] = ["" if row[j].published is None else
                                                 f"{row[j].published:g}" for row in t.cells]
             data[f"{col} Δ".strip()] = [signed(row[j].delta) for row in t.cells]
-    df = pd.DataFrame(data, index=pd.Index(t.row_labels, name=t.corner or None))
-    if t.extra_cols:
-        for k, name in enumerate(t.extra_cols):
-            df.insert(k, name, [e[k] for e in t.extra])
-    return df
+    df = pd.DataFrame(data)
+    return df.rename(columns=tex).map(tex)
 
 
-def write_latex(tables: Sequence[Table], out: Path, suffix: str) -> Path:
-    """Each table as a LaTeX tabular (booktabs), with its title as a comment."""
+def _caption(t: Table, metric: str, maximize: bool) -> str:
+    what = ("best / last epoch validation accuracy (\\%)" if metric == BEST
+            else tex(metric_label(metric)))
+    seeds = replicates([t])
+    seeds = f", {tex(seeds)}" + (" ($\\pm$ std, n)" if seeds.startswith("mean") else "")
+    best = "highest" if maximize else "lowest"
+    scope = "per row" if t.per_row else "overall"
+    return (f"{tex(t.title) + ': ' if t.title else ''}{what}{seeds}; "
+            f"\\textbf{{bold}}: the {best} {scope}.")
+
+
+def write_latex(tables: Sequence[Table], out: Path, suffix: str, metric: str = BEST,
+                maximize: bool = True, notes: Sequence[str] = ()) -> Path:
+    """Each table as a LaTeX table (booktabs): one header row, the best cell in bold, a
+    caption saying what the numbers are; notes (a weak teacher) as comments."""
     parts = []
     for t in tables:
-        tex = _latex_frame(t).to_latex(escape=True, column_format=None)
-        parts.append(f"% {t.title}\n{tex}" if t.title else tex)
+        df = _latex_frame(t, metric)
+        parts.append(df.to_latex(index=False, escape=False, position="htbp",
+                                 column_format="l" * (1 + len(t.extra_cols))
+                                 + "c" * (df.shape[1] - 1 - len(t.extra_cols)),
+                                 caption=_caption(t, metric, maximize)))
+    head = ["% kdsweep report (needs \\usepackage{booktabs})",
+            *(f"% {n}" for n in notes)]
     path = out / f"report{suffix}.tex"
-    path.write_text("% kdsweep report (needs \\usepackage{booktabs})\n" + "\n".join(parts))
+    path.write_text("\n".join(head) + "\n" + "\n".join(parts))
     return path

@@ -131,6 +131,12 @@ def _axis_name(keys: Sequence[str], rep: Mapping[str, Any]) -> str:
     return ", ".join((rep.get("label_header") or "point") if k == LABEL else short(k) for k in keys)
 
 
+def axis_key(keys: Sequence[str], rep: Mapping[str, Any]) -> str:
+    """An axis named by its swept keys (CSV headers, plot labels): ``method.alpha``,
+    ``teacher,student``; a point's label is named by the header the table shows for it."""
+    return ",".join((rep.get("label_header") or "point") if k == LABEL else k for k in keys)
+
+
 def _fits(slot_key: tuple[str | None, ...], axis_key: tuple[str | None, ...]) -> bool:
     return all(s is None or s == a for s, a in zip(slot_key, axis_key, strict=True))
 
@@ -170,14 +176,16 @@ def _pivots(slots: Sequence[Slot], rows: Sequence[str], cols: Sequence[str], tit
             ",".join(rows), ",".join(cols), [axis_label(rows, r) for r in row_vals],
             [axis_label(cols, c) for c in col_vals], cells,
             corner=f"{_axis_name(rows, rep)} \\ {_axis_name(cols, rep)}",
-            per_row=bool(set(rows) & set(MODEL_KEYS))))
+            per_row=bool(set(rows) & set(MODEL_KEYS)),
+            row_name=axis_key(rows, rep), col_name=axis_key(cols, rep)))
     return tables
 
 
 def _list(slots: Sequence[Slot], title: str, rep: Mapping[str, Any]) -> Table:
     labelled = any(s.label for s in slots)
     table = Table("list", title, None, None, [], [""], [],
-                  corner=rep.get("label_header") or ("" if labelled else "point"))
+                  corner=rep.get("label_header") or ("" if labelled else "point"),
+                  row_name=rep.get("label_header") or "point")
     for s in slots:
         table.row_labels.append(s.label or ", ".join(f"{short(k)}={v}" for k, v in s.values.items()))
         table.cells.append([Cell(list(s.runs))])
@@ -197,7 +205,8 @@ def _trials(space: Mapping[str, Any], children: Sequence[Child], metric: str, ti
                 c.trial if c.trial is not None else 1 << 30)
 
     table = Table("list", title, None, None, [], [""], [], corner=rep.get("label_header") or "trial",
-                  extra_cols=[short(k) for k in swept])
+                  extra_cols=[short(k) for k in swept], extra_keys=list(swept),
+                  row_name=rep.get("label_header") or "trial")
     for c in sorted(children, key=order):
         table.row_labels.append(str(c.trial) if c.trial is not None else c.run_id[:8])
         table.extra.append([_fmt_number(c.coords.get(k, "")) for k in swept])

@@ -1,6 +1,10 @@
 """The PNGs of a sweep report (matplotlib, Agg backend): heatmap, bars, accuracy curves.
 
-Every figure has a title. Curves are small multiples (one panel per table row, one line per
+Every figure has a title saying what the numbers are and how many seeds each is the mean of
+(``1 seed`` when no cell has more), and axes named by the swept keys (``method.T`` on x,
+``method.alpha`` on y; ``teacher -> student``; a point label's header); the colour bar names the
+metric. Notes (a teacher weaker than its students) are printed under the heatmap or bars.
+Curves are small multiples (one panel per table row, one line per
 column, so a 4 x 4 grid is 4 panels of 4 lines) with distinct colours, the legend outside the
 axes, each cell's mean over its seeds with a min-max band, and the student trained alone (grey,
 dashed) and the teacher (black, dotted) of the panel's pair.
@@ -13,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdsweep.report.tables import VAL_ACC
+from kdsweep.report.tables import VAL_ACC, metric_label
 
 if TYPE_CHECKING:
     from kdsweep.report.baselines import Baseline
@@ -52,7 +56,27 @@ def _annotation(cell: Cell) -> str:
     return s
 
 
-def heatmap(tables: Sequence[Table], path: Path, metric: str, title: str = "") -> Path:
+def axis_title(name: str) -> str:
+    """An axis named by its keys: ``method.T``; ``teacher,student`` -> ``teacher -> student``."""
+    return "teacher -> student" if name == "teacher,student" else name.replace(",", ", ")
+
+
+def _footer(fig: Any, ax: Any, notes: Sequence[str]) -> None:
+    """The notes' first clause (report.md has the rest), under the bottom axes' x label."""
+    if not notes:
+        return
+    import textwrap
+
+    width = max(50, int(fig.get_figwidth() * 16))
+    text = "\n".join(textwrap.fill(n.split("; ", 1)[0] + " (report.md says more)", width)
+                     for n in notes)
+    ax.annotate(text, xy=(0, 0), xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -8),
+                textcoords="offset points", ha="left", va="top", fontsize=7, color="#b00000",
+                annotation_clip=False)
+
+
+def heatmap(tables: Sequence[Table], path: Path, metric: str, title: str = "",
+            notes: Sequence[str] = ()) -> Path:
     """One heatmap per pivot table, values (and ± std, Δ published) in the cells, the best outlined."""
     import numpy as np
 
@@ -74,7 +98,10 @@ def heatmap(tables: Sequence[Table], path: Path, metric: str, title: str = "") -
         ax.set_xticks(range(len(t.col_labels)), t.col_labels, rotation=30 if len(t.col_labels) > 6
                       else 0, ha="right" if len(t.col_labels) > 6 else "center")
         ax.set_yticks(range(len(t.row_labels)), t.row_labels)
-        ax.set_title(t.title or t.corner, fontsize=9)
+        ax.set_xlabel(axis_title(t.col_name or t.col_key or ""))
+        ax.set_ylabel(axis_title(t.row_name or t.row_key or ""))
+        if t.title:
+            ax.set_title(t.title, fontsize=9)
         small = 6 if len(t.col_labels) > 6 else 8
         for i, row in enumerate(t.cells):
             for j, cell in enumerate(row):
@@ -90,15 +117,16 @@ def heatmap(tables: Sequence[Table], path: Path, metric: str, title: str = "") -
                     ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
                                                edgecolor="red", linewidth=2))
     if im is not None:
-        fig.colorbar(im, ax=axes[:, 0].tolist(), label=f"{metric} (%)", shrink=0.8)
-    fig.suptitle(title or f"{metric} per cell (mean over seeds; Δ = measured - published)",
-                 fontsize=10)
+        fig.colorbar(im, ax=axes[:, 0].tolist(), label=metric_label(metric), shrink=0.8)
+    fig.suptitle(title or f"{metric_label(metric)} per cell", fontsize=10)
+    _footer(fig, axes[-1, 0], notes)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def bars(tables: Sequence[Table], path: Path, metric: str, title: str = "") -> Path:
+def bars(tables: Sequence[Table], path: Path, metric: str, title: str = "",
+         notes: Sequence[str] = ()) -> Path:
     """Horizontal bars, one per row of the list tables (± std; published numbers as diamonds)."""
     plt = _plt()
     labels, cells = [], []
@@ -129,8 +157,12 @@ def bars(tables: Sequence[Table], path: Path, metric: str, title: str = "") -> P
         else:
             ax.text(max(0.0, lo), y, f" {c.pending() or 'not run'}", va="center", fontsize=8)
     ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlabel(f"{metric} (%)")
-    ax.set_title(title or f"{metric} per point", fontsize=10)
+    ax.set_xlabel(metric_label(metric))
+    heads = list(dict.fromkeys(t.row_name or t.corner for t in tables if t.row_name or t.corner))
+    keys = list(dict.fromkeys(k for t in tables for k in (t.extra_keys or t.extra_cols)))
+    ax.set_ylabel(", ".join(heads) + (f": {', '.join(keys)}" if keys else ""))
+    ax.set_title(title or f"{metric_label(metric)} per point", fontsize=10)
+    _footer(fig, ax, notes)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -164,10 +196,11 @@ def _mean_curve(hist: _History, cell: Cell) -> tuple[list[int], list[float], lis
 
 
 def _named(key: str | None, label: str) -> str:
-    """``alpha = 0.2`` for a plain override key; pairs and point labels speak for themselves."""
+    """``method.alpha = 0.2`` for a plain override key; pairs and point labels speak for
+    themselves."""
     if not key or "," in key or key in ("teacher", "student", "_label_"):
         return label
-    return f"{key.lstrip('+~').rsplit('.', 1)[-1]} = {label}"
+    return f"{key.lstrip('+~')} = {label}"
 
 
 def _panels(tables: Sequence[Table]) -> list[tuple[str, list[tuple[str, Cell]]]]:
@@ -243,9 +276,12 @@ def curves(client: Any, tables: Sequence[Table], path: Path, title: str = "",
             ax.set_ylabel("validation accuracy (%)")
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
+    keys = list(dict.fromkeys(axis_title(t.col_name) for t in tables  # labels need a name
+                              if t.kind == "pivot" and t.col_name and _named(t.col_key, "") == ""))
     fig.legend(list(handles.values()), list(handles.keys()), loc="upper left",
                bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False,
-               ncol=1 if len(handles) <= 24 else 2)
+               ncol=1 if len(handles) <= 24 else 2, title=", ".join(keys) or None,
+               title_fontsize=8)
     fig.suptitle(title or "Validation accuracy per epoch", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.4 * nrows)))  # room for the title
     fig.savefig(path, dpi=110, bbox_inches="tight")

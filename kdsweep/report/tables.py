@@ -63,6 +63,17 @@ def higher_is_better(metric: str) -> bool:
     return not any(w in metric for w in ("loss", "gap", "time", "error"))
 
 
+_METRIC_NAMES = {BEST: "best val acc (%)", LAST: "final val acc (%)",
+                 "train_val_gap": "train - val acc gap (points)"}
+
+
+def metric_label(metric: str) -> str:
+    """``best_val_acc`` -> ``best val acc (%)`` (axis and colour-bar labels, titles)."""
+    if metric in _METRIC_NAMES:
+        return _METRIC_NAMES[metric]
+    return metric + (" (%)" if "acc" in metric else "")
+
+
 @dataclass
 class Child:
     run_id: str
@@ -72,6 +83,12 @@ class Child:
     coords: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> str | None:
+        """The seed the run trained with: its override, tag, else its logged config param."""
+        return self.coords.get("seed", self.tags.get("seed", self.params.get("seed")))
 
     def value(self, metric: str) -> float | None:
         names = VAL_ACC if metric in VAL_ACC else (metric,)
@@ -180,6 +197,9 @@ class Table:
     extra: list[list[str]] = field(default_factory=list)
     published_id: str | None = None
     per_row: bool = False             # rows are model pairs: the best cell of each row is bold
+    row_name: str = ""                # the row axis by its swept keys (CSV header, plot label):
+    col_name: str = ""                # method.alpha, teacher,student, or the label header
+    extra_keys: list[str] = field(default_factory=list)   # extra_cols' full override keys
 
     def values(self) -> list[list[float | None]]:
         """The numbers of the table (the mean of each cell; None: missing, pruned, failed)."""
@@ -217,6 +237,19 @@ class Table:
         return (f"### {self.title}\n\n" if self.title else "") + "\n".join(lines)
 
 
+def replicates(tables: Sequence[Table]) -> str:
+    """How many runs a cell's number is made of, honestly: ``1 seed``, ``mean over 3 seeds``,
+    ``mean over 1-3 seeds`` (cells differ), or ``runs`` when a cell repeats a seed."""
+    cells = [c for t in tables for row in t.cells for c in row if c.n]
+    if not cells:
+        return "no finished run yet"
+    lo, hi = min(c.n for c in cells), max(c.n for c in cells)
+    if hi == 1:
+        return "1 seed"
+    seeds = all(len({r.seed for r in c.runs if r.finished}) == c.n for c in cells if c.n > 1)
+    return f"mean over {lo if lo == hi else f'{lo}-{hi}'} {'seeds' if seeds else 'runs'}"
+
+
 def _num(x: float | None) -> str:
     return "" if x is None else f"{x:g}"
 
@@ -233,9 +266,11 @@ def _alone(cell: Cell) -> bool:
     return bool(cell.runs) and all(c.tags.get("method") == "ce" for c in cell.runs)
 
 
-def mark_best(tables: Sequence[Table], metric: str) -> None:
+def mark_best(tables: Sequence[Table], metric: str, maximize: bool | None = None) -> None:
     """Bold the best cell: per row in tables of model pairs (as the papers), else overall; a
-    student trained alone competes only when the table has no distilled cell."""
+    student trained alone competes only when the table has no distilled cell. ``maximize``:
+    the sweep's direction; None: by the metric's name (:func:`higher_is_better`)."""
+    hib = higher_is_better(metric) if maximize is None else maximize
     for t in tables:
         for row in t.cells:
             for c in row:
@@ -247,6 +282,6 @@ def mark_best(tables: Sequence[Table], metric: str) -> None:
         if any(not _alone(c) for c in cells):
             cells = [c for c in cells if not _alone(c)]
         if cells:
-            best = (max if higher_is_better(metric) else min)(c.value for c in cells)
+            best = (max if hib else min)(c.value for c in cells)
             for c in cells:
                 c.best = c.value == best
