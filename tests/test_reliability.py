@@ -205,6 +205,15 @@ def test_concurrent_first_use_of_a_fresh_store(tmp_path):
     assert {o.strip() for o, _ in outs} == {"1"}
 
 
+def test_a_run_leaves_no_lock_file_beside_the_store(compose, mlflow_uri, tmp_path):
+    """The store's lock lives in tracking.lock_dir, not as mlflow.db.kdsweep.lock in the user's
+    folder (an untracked file git would show)."""
+    run(compose([*TINY, "method=ce", "schedule.epochs=1"]), output_dir=tmp_path / "out")
+    assert (tmp_path / "mlflow.db").exists()
+    assert not list(tmp_path.glob("*.lock")), sorted(p.name for p in tmp_path.iterdir())
+    assert [p.name for p in (tmp_path / ".kdsweep" / "locks").glob("tracking-*.lock")]
+
+
 def test_a_half_migrated_store_without_runs_is_recreated(tmp_path):
     import sqlite3
 

@@ -7,8 +7,9 @@ sets it, e.g. ``postgresql://user@host/db`` shared by several machines.
 Several processes that open a *fresh* SQLite store at once race in MLflow's schema migration
 (measured here: 3 of 4 simultaneous first runs died, and one left ``_alembic_tmp_params`` behind so
 that every later run failed). :func:`open_store` therefore creates or upgrades a store under a file
-lock, and recovers a half-migrated SQLite store that holds no runs yet by moving it aside. Stores on
-a database server are migrated once too (the lock covers one machine; the sweeper opens the store
+lock (one per store, in ``tracking.lock_dir``), and recovers a half-migrated SQLite store that holds
+no runs yet by moving it aside. Stores on a database server are migrated once too (the lock covers
+the runs of one launch folder on one machine; the sweeper opens the store
 before it launches any worker, and transient "already exists" errors are retried).
 """
 
@@ -135,11 +136,12 @@ def check_sqlite_file(path: Path, uri: str) -> None:
 
 
 def _lock_for(uri: str, lock_dir: Path) -> FileLock:
+    """One lock per store, in ``lock_dir`` (never a file beside the user's ``mlflow.db``): an
+    SQLite store is named by its absolute path, any other by its URL without a password."""
     path = sqlite_path(uri)
-    if path is not None:
-        return FileLock(str(path) + ".kdsweep.lock")
+    name = str(path.resolve()) if path is not None else mask_url(uri)
     lock_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(mask_url(uri).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
     return FileLock(str(lock_dir / f"tracking-{digest}.lock"))
 
 
