@@ -14,6 +14,13 @@ each further value of each sweep in turn (a ``choice`` or list, a ``range``, an 
 bounds), at most :data:`MAX_COMPOSITIONS` in all. A command line with a ``glob`` sweep, one that
 changes the config search path (``--config-path``, ``--config-dir``), or one argparse does not
 accept, is left to Hydra unchecked.
+
+Two mistakes get a line of their own instead of Hydra's: an option of a group that does not exist
+(``teacher=resnet_20``: Hydra lists every model) and a key that does not exist
+(``method.temperature=4``: Hydra suggests ``+method.temperature=4``, which kdsweep refuses anyway).
+Both name the close matches only (:func:`kdsweep.models.registry.close_matches`: ``wrn-28-4`` ->
+``wrn_28_4``, ``cosin`` -> ``cosine``) and where the full list is; every line stays under 200
+characters, ``error: `` included.
 """
 
 from __future__ import annotations
@@ -49,7 +56,10 @@ def one_line(err: BaseException) -> str:
                 while i + 1 < len(lines) and " " not in lines[i + 1]:
                     options.append(lines[i + 1])
                     i += 1
-                line = f"{line.rstrip(':')}: {', '.join(options)}"
+                listed = ", ".join(options)
+                if len(listed) > 100:  # the line stays short: say where the list is
+                    listed = f"{len(options)} of them, listed by python run.py --help"
+                line = f"{line.rstrip(':')}: {listed}"
             parts.append(line.rstrip("."))
             i += 1
     return "; ".join(parts)
@@ -134,7 +144,8 @@ def check(argv: list[str], config_dir: Path, config_name: str = "config",
     except KDSweepError as err:
         return str(err)
     except Exception as err:
-        return _unset_node(list(args.overrides)) or one_line(err)
+        return (_unset_node(list(args.overrides)) or _missing_option(err) or _unknown_key(err)
+                or one_line(err))
     finally:
         GlobalHydra.instance().clear()
     return None
@@ -156,6 +167,79 @@ def _unset_node(overrides: list[str]) -> str | None:
             return (f"{key}: {head} is null unless a preset sets it; valid: "
                     + (", ".join(presets) or "none"))
     return None
+
+
+#: Characters of an error line after ``error: ``, which keeps it under 200.
+MAX_LINE = 192
+#: Where each group's options are listed (the other groups': ``python run.py --help``).
+_LISTED_BY = {"teacher": "python -m kdsweep.zoo", "student": "python -m kdsweep.zoo",
+              "method": "python -m kdsweep.methods", "hydra": "python run.py --hydra-help"}
+
+
+def _clip(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _hint(head: str, near: list[str], valid: list[str], where: str) -> str:
+    """``head``; then the close matches, else the valid choices when they fit, else where."""
+    if near:
+        return f"{head}; did you mean {' or '.join(near)}? (list: {where})"
+    line = f"{head}; valid: {', '.join(valid)}"
+    return line if valid and len(line) <= MAX_LINE else f"{head}; list: {where}"
+
+
+def _missing_option(err: BaseException) -> str | None:
+    """``group=value`` where the group has no such option (``teacher=resnet_20``)."""
+    from hydra.errors import MissingConfigException
+
+    from kdsweep.models.registry import close_matches, name_key, renamed_models
+
+    missing = getattr(err, "missing_cfg_file", None) or ""
+    if not isinstance(err, MissingConfigException) or not err.options or "/" not in missing:
+        return None
+    group, value = missing.rsplit("/", 1)
+    options = list(err.options)
+    where = _LISTED_BY.get(group.split("/")[0], "python run.py --help")
+    if group in ("teacher", "student"):  # a renamed model's node only says it was renamed
+        renamed = renamed_models()
+        for old in renamed:
+            if name_key(old) == name_key(value):
+                return f"{group}={_clip(value)}: {renamed[old]}"
+        options = [o for o in options if o not in renamed]
+    near = close_matches(value, options)
+    near = [f"{group}={' or '.join(near)}"] if near else []
+    return _hint(f"{group}={_clip(value)}: no such {group}", near, options, where)
+
+
+def _unknown_key(err: BaseException) -> str | None:
+    """``key=value`` where no such key exists (``method.temperature=4``, ``trian.progress=1``)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    from kdsweep.models.registry import close_matches
+
+    cause = err.__cause__ or err.__context__
+    typed = re.match(r"Could not override '([^']+)'", str(err))
+    if (typed is None or not isinstance(cause, (ConfigAttributeError, ConfigKeyError))
+            or not cause.full_key or not cause.key or not hasattr(cause.parent_node, "keys")):
+        return None
+    key, full, typed = str(cause.key), str(cause.full_key), typed.group(1)
+    node, rest = full.rpartition(".")[0], typed[len(full):]  # trian.progress: "", ".progress"
+    names = [str(k) for k in cause.parent_node.keys()]
+    if node == "method" and "name" in names:
+        from kdsweep.methods import get_method, option_matches
+
+        try:
+            cls = get_method(str(cause.parent_node["name"]))
+        except KDSweepError as bad_name:
+            return str(bad_name)
+        near = [f"method.{k}{rest}" for k in option_matches(cls, key)]
+        valid = [f"method.{k}" for k in names if k != "name"]
+        return _hint(f"{_clip(typed)}: {cls.name} has no option {_clip(key)!r}", near, valid,
+                     "python -m kdsweep.methods")
+    near = [f"{node + '.' if node else ''}{k}{rest}" for k in close_matches(key, names)]
+    where = f"python run.py --cfg {'hydra' if full.startswith('hydra.') else 'job'}"
+    head = f"{_clip(typed)}: no key {_clip(key)!r} in {node or 'the config'}"
+    return f"{head}; did you mean {' or '.join(near)}?" if near else f"{head}; keys: {where}"
 
 
 def _kdsweep_sweeper(cfg: DictConfig) -> bool:

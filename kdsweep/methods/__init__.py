@@ -20,6 +20,7 @@ from kdsweep.methods.base import (
     get_method,
     hparams,
     list_methods,
+    option_matches,
     register_method,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "get_method",
     "hparams",
     "list_methods",
+    "option_matches",
     "register_method",
 ]

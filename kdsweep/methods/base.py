@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from kdsweep.errors import ConfigError
 from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
+from kdsweep.models.registry import close_matches
 
 
 # ---------------------------------------------------------------------------- declarations
@@ -332,9 +333,21 @@ def get_method(name: str) -> type[Method]:
     try:
         return _METHODS[name]
     except KeyError:
-        raise ConfigError(
-            f"method.name={name!r} is not a known method; valid: {', '.join(list_methods())}"
+        near = close_matches(name, _METHODS)
+        raise ConfigError(f"method.name={name!r} is not a known method; " + (
+            f"did you mean {' or '.join(near)}?" if near else f"valid: {', '.join(list_methods())}")
         ) from None
+
+
+#: What an option is often called elsewhere -> its name here (when the method declares it).
+ALIASES = {"temperature": "T", "temp": "T", "tau": "T"}
+
+
+def option_matches(cls: type[Method], key: str) -> list[str]:
+    """The declared options of ``cls`` that ``key`` (not one of them) probably meant."""
+    declared = [hp.name for hp in hparams(cls)]
+    known = declared + [a for a, name in ALIASES.items() if name in declared]
+    return list(dict.fromkeys(ALIASES.get(k, k) for k in close_matches(key, known)))
 
 
 def create_method(cfg: Mapping[str, Any]) -> Method:
@@ -344,10 +357,11 @@ def create_method(cfg: Mapping[str, Any]) -> Method:
     declared = {hp.name for hp in hparams(cls)}
     unknown = sorted(set(params) - declared)
     if unknown:
+        near = option_matches(cls, unknown[0]) if len(unknown) == 1 else []
         raise ConfigError(
-            f"method {cls.name!r} has no option {', '.join(f'method.{k}' for k in unknown)}; "
-            f"valid: {', '.join(f'method.{k}' for k in sorted(declared)) or '(none)'}"
-        )
+            f"method {cls.name!r} has no option {', '.join(f'method.{k}' for k in unknown)}; " + (
+                f"did you mean {' or '.join(f'method.{k}' for k in near)}?" if near else
+                f"valid: {', '.join(f'method.{k}' for k in sorted(declared)) or '(none)'}"))
     return cls(**params)
 
 
@@ -376,5 +390,6 @@ __all__ = [
     "get_method",
     "hparams",
     "list_methods",
+    "option_matches",
     "register_method",
 ]

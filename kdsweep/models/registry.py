@@ -17,7 +17,8 @@ pointer to the new name instead of silently meaning another network.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from torch import nn
@@ -27,9 +28,11 @@ from kdsweep.errors import ConfigError
 __all__ = [
     "FeatureSpec",
     "ModelSpec",
+    "close_matches",
     "create_model",
     "get_spec",
     "list_models",
+    "name_key",
     "register_model",
     "renamed_models",
 ]
@@ -75,9 +78,34 @@ def renamed_models() -> dict[str, str]:
     return {old: _renamed_message(old) for old in RENAMED}
 
 
-def _name_key(name: str) -> str:
+def name_key(name: str) -> str:
     """What a name reads as: lower case, without ``_`` and ``-``."""
     return name.lower().replace("_", "").replace("-", "")
+
+
+def close_matches(word: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """The names of ``names`` that ``word`` probably meant, best first (none when none is close).
+
+    A name equal to ``word`` but for case, ``_`` and ``-`` (``wrn-28-4``: ``wrn_28_4``) is the
+    only answer; else the names that :mod:`difflib` rates at least 0.75 alike, and no more than
+    0.1 below the best of them. The one rule of every did-you-mean of kdsweep's error lines.
+    """
+    keyed: dict[str, list[str]] = {}
+    for name in names:
+        keyed.setdefault(name_key(name), []).append(name)
+    key = name_key(word)
+    if key in keyed:
+        return keyed[key][:n]
+    scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in keyed),
+                    key=lambda t: -t[0])
+    best = scored[0][0] if scored else 0.0
+    return [name for r, k in scored if r >= max(0.75, best - 0.1) for name in keyed[k]][:n]
+
+
+def _models_hint(name: str) -> str:
+    near = close_matches(name, _REGISTRY)
+    where = "list: python -m kdsweep.zoo"
+    return f"did you mean {' or '.join(near)}? ({where})" if near else where
 
 
 @dataclass(frozen=True)
@@ -158,7 +186,7 @@ def register_model(
             raise ValueError(f"model {name!r} is registered twice")
         if name in RENAMED:
             raise ValueError(f"model name {name!r} is retired ({_renamed_message(name)})")
-        twins = [n for n in _REGISTRY if _name_key(n) == _name_key(name)]
+        twins = [n for n in _REGISTRY if name_key(n) == name_key(name)]
         if twins:
             raise ValueError(
                 f"model name {name!r} differs from the registered {twins[0]!r} only by case or "
@@ -187,7 +215,7 @@ def get_spec(name: str) -> ModelSpec:
     except KeyError:
         if name in RENAMED:
             raise ConfigError(_renamed_message(name)) from None
-        raise ConfigError(f"unknown model {name!r}; valid: {', '.join(list_models())}") from None
+        raise ConfigError(f"unknown model {name!r}; {_models_hint(name)}") from None
 
 
 def list_models(input_size: int | None = None, family: str | None = None) -> list[str]:
