@@ -10,6 +10,9 @@ Exit statuses of ``python run.py``: 0 done (a sweep: every point finished or was
 how many and the command that retries them).
 """
 
+import difflib
+from collections.abc import Iterable
+
 #: Exit status of a sweep that ended with failed (not pruned) or unrun points.
 EXIT_INCOMPLETE = 3
 
@@ -48,3 +51,27 @@ class Pruned(Exception):
     def __init__(self, message: str, epoch: int):
         super().__init__(message)
         self.epoch = epoch
+
+
+def name_key(name: str) -> str:
+    """What a name reads as: lower case, without ``_`` and ``-``."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def close_matches(word: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """The names of ``names`` that ``word`` probably meant, best first (none when none is close).
+
+    A name equal to ``word`` but for case, ``_`` and ``-`` (``wrn-28-4``: ``wrn_28_4``) is the
+    only answer; else the names that :mod:`difflib` rates at least 0.75 alike, and no more than
+    0.1 below the best of them. The one rule of every did-you-mean of kdsweep's error lines.
+    """
+    keyed: dict[str, list[str]] = {}
+    for name in names:
+        keyed.setdefault(name_key(name), []).append(name)
+    key = name_key(word)
+    if key in keyed:
+        return keyed[key][:n]
+    scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in keyed),
+                    key=lambda t: -t[0])
+    best = scored[0][0] if scored else 0.0
+    return [name for r, k in scored if r >= max(0.75, best - 0.1) for name in keyed[k]][:n]

@@ -38,8 +38,9 @@ def test_a_refused_source_lists_exactly_the_registered_ones():
         parse_config({"name": "embeded"})
     msg = str(err.value)
     assert msg.startswith("dataset.source='embeded' (from dataset.name when unset) is not one of ")
-    assert ast.literal_eval(msg.rsplit("is not one of ", 1)[1]) == list_sources()
-    assert "\n" not in msg
+    listed, hint = msg.rsplit("is not one of ", 1)[1].split("; ")
+    assert ast.literal_eval(listed) == list_sources()
+    assert hint == "did you mean 'embedded'?" and "\n" not in msg
 
 
 def test_every_module_of_the_package_is_imported_with_it():

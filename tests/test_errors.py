@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from kdsweep.config.cli import check
-from kdsweep.errors import ConfigError
-from kdsweep.models.registry import close_matches
+from kdsweep.errors import ConfigError, close_matches
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -35,7 +35,7 @@ def results(tmp_path: Path, study: str) -> dict[tuple[str, ...], tuple[float, li
 
 def test_fused_sweep_equals_the_unfused_one(tmp_path, teacher):
     args = [*GRID, f"teacher.checkpoint={teacher}", *TINY]
-    sweep(tmp_path, [*args, "hydra.sweeper.study_name=solo"])
+    sweep(tmp_path, [*args, "hydra.sweeper.study_name=solo", "hydra.sweeper.fuse=1"])
     p = sweep(tmp_path, [*args, "hydra.sweeper.study_name=fused", "hydra.sweeper.fuse=4"])
     assert "4 trials in 1 job(s): 4 fused" in p.stdout
     solo, fused = results(tmp_path, "solo"), results(tmp_path, "fused")

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow  # end-to-end runs in subprocesses: the full tier 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["schedule.epochs=2", "train.limit_train_batches=2", "train.limit_val_batches=1",
         "schedule.eval_batch_size=100", "train.progress=false", "cpu_threads=1"]
-GRID = ["hydra/sweeper=kdsweep_optuna", "hydra/sweeper/sampler=grid",
+GRID = ["hydra/sweeper=kdsweep_optuna", "hydra/sweeper/sampler=grid", "hydra.sweeper.fuse=1",
         "hydra.sweeper.study_name=pg_grid", "method.alpha=choice(0.2,0.8)", "method.T=choice(2,4)"]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -221,7 +221,8 @@ def test_two_sweepers_share_one_postgres_study(two_sweepers: Launch):
     assert all(t.state == TrialState.COMPLETE for t in trials), [(t.number, t.state) for t in trials]
     points = sorted((t.params["method.alpha"], t.params["method.T"]) for t in trials)
     assert points == [(0.2, 2), (0.2, 4), (0.8, 2), (0.8, 4)]  # each grid point exactly once
-    launched = [(o + e).count("Launching 1 jobs locally") for o, e in two_sweepers.outputs]
+    launched = [sum(line.startswith("kdsweep: trial t") for line in (o + e).splitlines())
+                for o, e in two_sweepers.outputs]
     assert sum(launched) == 4, launched
 
     client = MlflowClient(tracking_uri=two_sweepers.tracking_uri)

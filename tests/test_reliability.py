@@ -279,7 +279,8 @@ def test_the_command_line_check_runs_every_check_a_run_makes(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     conf = ROOT / "conf"
     assert "method.alpha=1.5 is out of range" in check(["method.alpha=1.5"], conf, preflight=preflight)
-    assert "method.alpha=1.5" in check(["-m", "method.alpha=0.5,1.5"], conf, preflight=preflight)
+    assert "method.alpha=1.5" in check(["-m", "hydra/sweeper=basic", "method.alpha=0.5,1.5"], conf,
+                                       preflight=preflight)  # kdsweep's sweeper checks its own
     assert "does not exist" in check(["teacher.checkpoint=nope.pt"], conf, preflight=preflight)
     assert "cifar10: no data under" in check(["dataset=cifar10"], conf, preflight=preflight)
     assert check(["--cfg", "job", "dataset=cifar10"], conf, preflight=preflight) is None

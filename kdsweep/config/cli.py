@@ -18,7 +18,7 @@ accept, is left to Hydra unchecked.
 Two mistakes get a line of their own instead of Hydra's: an option of a group that does not exist
 (``teacher=resnet_20``: Hydra lists every model) and a key that does not exist
 (``method.temperature=4``: Hydra suggests ``+method.temperature=4``, which kdsweep refuses anyway).
-Both name the close matches only (:func:`kdsweep.models.registry.close_matches`: ``wrn-28-4`` ->
+Both name the close matches only (:func:`kdsweep.errors.close_matches`: ``wrn-28-4`` ->
 ``wrn_28_4``, ``cosin`` -> ``cosine``) and where the full list is; every line stays under 200
 characters, ``error: `` included.
 """
@@ -192,7 +192,8 @@ def _missing_option(err: BaseException) -> str | None:
     """``group=value`` where the group has no such option (``teacher=resnet_20``)."""
     from hydra.errors import MissingConfigException
 
-    from kdsweep.models.registry import close_matches, name_key, renamed_models
+    from kdsweep.errors import close_matches, name_key
+    from kdsweep.models.registry import renamed_models
 
     missing = getattr(err, "missing_cfg_file", None) or ""
     if not isinstance(err, MissingConfigException) or not err.options or "/" not in missing:
@@ -215,7 +216,7 @@ def _unknown_key(err: BaseException) -> str | None:
     """``key=value`` where no such key exists (``method.temperature=4``, ``trian.progress=1``)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    from kdsweep.models.registry import close_matches
+    from kdsweep.errors import close_matches
 
     cause = err.__cause__ or err.__context__
     typed = re.match(r"Could not override '([^']+)'", str(err))

@@ -14,7 +14,7 @@ from typing import Any
 
 from kdsweep.config.schema import RunConfig
 from kdsweep.engine.optim import OPTIMIZERS, SCHEDULES
-from kdsweep.errors import ConfigError
+from kdsweep.errors import ConfigError, close_matches
 from kdsweep.models import get_spec
 
 #: Upper bounds that catch a typo of a few extra digits (and integers no tensor can hold).
@@ -48,8 +48,11 @@ def _known_keys(cfg: Mapping[str, Any], schema: type = RunConfig, prefix: str = 
     unknown = sorted(set(cfg) - set(declared))
     if unknown:
         key = f"{prefix}{unknown[0]}"
-        raise ConfigError(f"unknown config key {key!r} (added with +{key}=...); valid: "
-                          + ", ".join(f"{prefix}{k}" for k in sorted(declared)))
+        near = close_matches(unknown[0], declared)
+        valid = ", ".join(f"{prefix}{k}" for k in sorted(declared))
+        raise ConfigError(f"unknown config key {key!r} (added with +{key}=...); " + (
+            f"did you mean {prefix}{near[0]}?" if near else f"valid: {valid}" if len(valid) < 100
+            else "keys: python run.py --cfg job"))
     for f in fields(schema):
         sub = cfg.get(f.name)
         if is_dataclass(f.default_factory() if callable(f.default_factory) else None) and \

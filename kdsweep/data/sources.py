@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kdsweep.errors import ConfigError
+from kdsweep.errors import ConfigError, close_matches
 
 #: ``check(c)``: raises a one-line ConfigError/DataError, or returns None.
 Check = Callable[[dict[str, Any]], None]
@@ -80,8 +80,10 @@ def get_source(name: str) -> DataSource:
     try:
         return _SOURCES[name]
     except KeyError:
+        near = close_matches(str(name), _SOURCES)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
         raise ConfigError(f"dataset.source={name!r} (from dataset.name when unset) is not one of "
-                          f"{list_sources()}") from None
+                          f"{list_sources()}{hint}") from None
 
 
 __all__ = ["Build", "Check", "DataSource", "get_source", "list_sources", "register_source"]

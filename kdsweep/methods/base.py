@@ -27,10 +27,9 @@ from typing import Annotated, Any, ClassVar
 
 from torch import Tensor, nn
 
-from kdsweep.errors import ConfigError
+from kdsweep.errors import ConfigError, close_matches
 from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
-from kdsweep.models.registry import close_matches
 
 
 # ---------------------------------------------------------------------------- declarations
