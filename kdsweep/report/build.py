@@ -258,9 +258,14 @@ def write_report(target: str | Path, metric: str = BEST, out_dir: str | Path | N
     md.write_text(text)
     files = [md, *frame.write_csv(tables, runs, out, suffix),
              frame.write_latex(tables, out, suffix, metric, _hib(metric, maximize), notes)]
-    files += _plots(client, info, tables, pairs, out, metric, suffix, notes)
+    plots = _plots(client, info, tables, pairs, out, metric, suffix, notes)
+    files += plots
     if log_to_parent:
         for f in files:
+            # The main plot (heatmap or bars) also at the top of the parent's artifacts, where
+            # the MLflow UI shows it first; everything under report/.
+            if plots and f == plots[0] and f.stem in ("heatmap", "bars"):
+                client.log_artifact(parent_id, str(f))
             client.log_artifact(parent_id, str(f), "report")
     return Report(parent_id, metric, tables, children, text, out, files, notes)
 

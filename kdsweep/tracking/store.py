@@ -15,6 +15,7 @@ before it launches any worker, and transient "already exists" errors are retried
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -159,14 +160,37 @@ def _open(uri: str, experiment: str) -> str:
     client = retry(lambda: _client_with_store(uri))
     exp = retry(client.get_experiment_by_name, experiment)
     if exp is not None:
-        return exp.experiment_id
+        exp_id = exp.experiment_id
+        if exp.tags.get(KIND_TAG) is None:
+            retry(client.set_experiment_tag, exp_id, KIND_TAG, KIND)
+        return exp_id
     try:
-        return retry(client.create_experiment, experiment)
+        return retry(client.create_experiment, experiment, tags={KIND_TAG: KIND})
     except Exception:  # created meanwhile by another process
         exp = retry(client.get_experiment_by_name, experiment)
         if exp is None:
             raise
         return exp.experiment_id
+
+
+#: MLflow 3's UI opens an experiment on its GenAI overview unless the experiment says it holds
+#: model training: then it opens on the runs table (the UI reads this tag).
+KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """Loggers ``names`` at WARNING for the block (their INFO lines are MLflow's internals:
+    "Creating initial MLflow database tables...")."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _probe(uri: str) -> None:
@@ -204,7 +228,7 @@ def open_store(uri: str, experiment: str, lock_dir: str | Path) -> str:
     if path is not None:
         check_sqlite_file(path, uri)
     check_reachable(uri)
-    with _lock_for(uri, Path(lock_dir)):
+    with _lock_for(uri, Path(lock_dir)), _quiet("mlflow.store.db.utils", "alembic"):
         try:
             if path is not None:
                 _probe(uri)
@@ -231,6 +255,9 @@ def ui_command(uri: str) -> str:
 
 
 def runs_link(experiment_id: str, run_id: str | None = None, port: int = 5000) -> str:
-    """A link that opens the model-training runs view (not the GenAI overview) of the local UI."""
+    """A link that opens the model-training runs view (not the GenAI overview) of the local UI.
+
+    MLflow 3's UI picks its view from a switch it keeps in the browser (GenAI by default), not
+    from the experiment; the ``workflowType`` query parameter sets that switch (seen in 3.17)."""
     base = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}"
-    return f"{base}/runs/{run_id}" if run_id else f"{base}/runs"
+    return (f"{base}/runs/{run_id}" if run_id else f"{base}/runs") + "?workflowType=machine_learning"
