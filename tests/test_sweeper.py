@@ -406,9 +406,10 @@ hydra:
 def test_killed_sweep_is_resumed(tmp_path, teacher):
     """SIGKILL a sweep during its second trial; the same command fails that trial (its process is
     gone), reruns its point and the missing ones, and reuses the parent run."""
-    args = ["hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=k",
+    args = ["hydra/sweeper/sampler=grid", "hydra.sweeper.study_name=k", "hydra.sweeper.fuse=1",
             "method.alpha=choice(0.2,0.8)", "method.T=choice(2,4)", "teacher=resnet8",
-            f"teacher.checkpoint={teacher}", *TINY, "schedule.epochs=3"]
+            f"teacher.checkpoint={teacher}", *TINY, "schedule.epochs=3"]  # one trial a job
+            # (a killed fused sweep: tests/test_soak.py)
     proc = subprocess.Popen(_cmd(args), cwd=tmp_path, env=_env(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
