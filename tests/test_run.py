@@ -143,6 +143,9 @@ def test_cli_basic_sweep_runs_each_combination(tmp_path, mlflow_uri):
     combos = sorted((r.data.params["method.alpha"], r.data.params["method.T"]) for r in kd_runs)
     assert combos == [("0.2", "2"), ("0.2", "4"), ("0.8", "2"), ("0.8", "4")]
     assert all(r.info.status == "FINISHED" for r in kd_runs)
+    # named by their point, as the kdsweep sweeper's trials
+    assert sorted(r.info.run_name for r in kd_runs) == [
+        "alpha=0.2 T=2", "alpha=0.2 T=4", "alpha=0.8 T=2", "alpha=0.8 T=4"]
     # which preset of each group composed the run (schedule=quick's node says name: cosine)
     assert {(r.data.tags["preset.schedule"], r.data.tags["preset.method"]) for r in kd_runs} == {
         ("quick", "kd")}

@@ -65,6 +65,9 @@ class SweepRecord(Callback):
             space = build(None, list(config.hydra.overrides.task), grid=True, points=None).describe()
         except SearchSpaceError:
             space = {"params": {}, "fixed": list(config.hydra.overrides.task)}
+        from kdsweep.run.job import SWEPT_ENV
+
+        os.environ[SWEPT_ENV] = ",".join(space["params"])  # the jobs' run names: their point
         info = mask_tree({"study_name": sweep_dir.name, "parent_run_id": run.info.run_id,
                           "tracking_uri": mask_url(uri), "experiment": str(config.tracking.experiment),
                           "study_dir": str(sweep_dir), "space": space, "report": {}})
@@ -80,6 +83,7 @@ class SweepRecord(Callback):
 
         uri, run_id = self.parent
         os.environ.pop(PARENT_ENV, None)
+        os.environ.pop("KDSWEEP_SWEPT_KEYS", None)  # kdsweep.run.job.SWEPT_ENV
         client = MlflowClient(uri)
         children = client.search_runs([client.get_run(run_id).info.experiment_id],
                                       f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)

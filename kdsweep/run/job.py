@@ -9,6 +9,7 @@ its objective (best validation accuracy, %).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,9 @@ def run_job(cfg: DictConfig, *, output_dir: str | Path, overrides: list[str]) ->
         ext = driver(cfg)  # an extension's job (experiment=reducenet: three stages)
         if ext is not None:
             return ext.run_job(cfg, output_dir=output_dir, overrides=overrides,
-                               label=_label(cfg)).best_val_acc
+                               label=_label(cfg, overrides)).best_val_acc
         return run(cfg, output_dir=output_dir, overrides=overrides,
-                   label=_label(cfg)).best_val_acc
+                   label=_label(cfg, overrides)).best_val_acc
     except Pruned as e:
         import optuna  # the sweeper records a trial that raised TrialPruned as PRUNED
 
@@ -60,12 +61,23 @@ def check(cfg: DictConfig | Mapping[str, Any], overrides: Sequence[str] = (),
         check_reachable(str(cfg.tracking.uri))
 
 
-def _label(cfg: DictConfig) -> str | None:
+#: The keys a sweep of Hydra's own sweepers varies (set by kdsweep.run.hydra_callback).
+SWEPT_ENV = "KDSWEEP_SWEPT_KEYS"
+
+
+def _label(cfg: DictConfig, overrides: Sequence[str] = ()) -> str | None:
+    """What the run varies, for its name: the kdsweep sweeper's label, or, in a sweep of Hydra's
+    own sweepers, this job's values of the swept keys (``alpha=0.4 T=8``)."""
     sweep = cfg.get("sweep") or {}
     if sweep.get("label"):
         return str(sweep["label"])
     n = sweep.get("trial_number")
-    return None if n is None else f"t{int(n):02d}"
+    if n is not None:
+        return f"t{int(n):02d}"
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    values = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    point = " ".join(f"{k.rsplit('.', 1)[-1]}={values[k]}" for k in swept if k in values)
+    return point or None
 
 
 def run_fused(members_file: Path, output_dir: Path, job_cfg: DictConfig) -> dict[int, Any]:
