@@ -13,6 +13,8 @@ from test_cohort import TINY, history, weights
 
 from kdsweep.run import Job, run_cohort
 
+pytestmark = pytest.mark.slow  # train.horizontal is for GPUs; its CPU checks train real steps
+
 MEMBERS = [
     ["method=kd", "method.alpha=0.5", "method.T=2"],
     ["method=kd", "method.alpha=0.9", "method.T=8", "schedule.lr=0.1"],
