@@ -146,3 +146,21 @@ def test_wrong_types_are_refused_by_hydra_naming_the_key(override, key, tmp_path
     assert p.returncode != 0
     assert key in p.stderr and "abc" in p.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("nodes,says", [({"train": dict}, "exists already"),
+                                        ({"nosuch.x": dict}, "is below no node")])
+def test_an_extension_node_extends_the_schema_never_replaces_it(monkeypatch, nodes, says):
+    """kdsweep/extensions.py: a node an extension adds must be new, below an existing node."""
+    from dataclasses import dataclass
+
+    from kdsweep import extensions
+    from kdsweep.config import schema
+
+    @dataclass
+    class Node:
+        x: int = 0
+
+    monkeypatch.setattr(extensions, "nodes", lambda: {k: Node for k in nodes})
+    with pytest.raises(ValueError, match=says):
+        schema._with_extensions(schema.RunConfig)

@@ -107,6 +107,12 @@ def _with_extensions(schema: type, prefix: str = "") -> type:
              if k.startswith(prefix)}
     if not added:
         return schema
+    own = {f.name for f in dataclasses.fields(schema)}
+    for key in added:  # a node must extend, not replace or miss, the schema
+        head = key.split(".", 1)[0]
+        if ("." in key) != (head in own):
+            raise ValueError(f"extensions: config node {prefix}{key} "
+                             + ("is below no node" if "." in key else "exists already"))
     new: list[tuple[str, Any, Any]] = []
     for f in dataclasses.fields(schema):
         if any(k.startswith(f"{f.name}.") for k in added):
