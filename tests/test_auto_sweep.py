@@ -64,3 +64,12 @@ def test_fuse_auto_prints_what_it_decided(capsys):
 def test_a_bad_fuse_is_refused_in_one_line(fuse):
     with pytest.raises(SweepError, match=r"^hydra.sweeper.fuse=.* must be auto or an integer"):
         check_settings(Settings(fuse=fuse))
+
+
+def test_a_point_reads_short_in_names_and_lines():
+    """Run names, the cohort line and Optuna's ``point`` attribute: a search's drawn floats to 4
+    digits (the overrides keep the exact value)."""
+    assert _space.point_text({"method.alpha": 0.24824030047002132, "method.T": 8}) == \
+        "alpha=0.2482 T=8"
+    assert _space.point_text({"method.alpha": 0.3, "method": "kd"}) == "alpha=0.3 method=kd"
+    assert _space.point_text({"method.alpha": 0.3}, label="tricks: cosine") == "tricks: cosine"

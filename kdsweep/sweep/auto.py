@@ -48,7 +48,8 @@ def resolve(s: Settings, arguments: Sequence[str]) -> tuple[Settings, str | None
         else:
             ranged = [k for k, o in sweeps.items() if not o.is_choice_sweep()]
             sampler = {**sampler, "_target_": TPE}
-            why = f"a TPE search ({', '.join(ranged) or 'no swept key'} is a range or interval)"
+            verb = "is a range or interval" if len(ranged) == 1 else "are ranges or intervals"
+            why = f"a TPE search ({', '.join(ranged) or 'no swept key'} {verb})"
     grid = s.points is not None or short(sampler["_target_"]) == "GridSampler"
     n_trials = s.n_trials if s.n_trials is not None or grid else SEARCH_TRIALS
     return replace(s, sampler=sampler, n_trials=n_trials), why

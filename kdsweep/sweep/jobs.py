@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsweep.config.cohort import cohort_key, needs_teacher
-from kdsweep.sweep.space import format_value
+from kdsweep.sweep.space import format_value, point_text
 from kdsweep.sweep.storage import TrialRef
 from kdsweep.tracking import mask_tree
 
@@ -44,13 +44,6 @@ class JobContext:
     n_jobs: int
     add_threads: bool                # parallel jobs on one machine: set cpu_threads
     sweep_dir: Path
-
-
-def point_text(params: dict[str, Any], label: str | None = None) -> str:
-    """What a trial varies, short: ``alpha=0.4 T=4`` (the last part of each key), or its label."""
-    if label:
-        return label
-    return " ".join(f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in params.items())
 
 
 def trial_label(t: TrialRef) -> str:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from kdsweep.errors import SweepError
 from kdsweep.sweep.parent import ParentRun
 from kdsweep.sweep.settings import ReportSettings
-from kdsweep.sweep.space import format_override, format_value
+from kdsweep.sweep.space import format_override, format_value, point_text
 from kdsweep.sweep.storage import short
 from kdsweep.tracking import mask_tree, mask_url, runs_link
 
@@ -146,9 +146,7 @@ def description(study: optuna.Study, best: Any, counts: str, table: str | None) 
     counts, and the report's tables (Markdown)."""
     head = [f"**Sweep {study.study_name}**", ""]
     if best is not None:
-        point = best.user_attrs.get("point") or " ".join(
-            format_override(k, v) for k, v in best.params.items())
-        head += [f"Best: **{best.value:.2f}** at `{point}` (trial {best.number}).", ""]
+        head += [f"Best: **{best.value:.2f}** at `{_point(best)}` (trial {best.number}).", ""]
     head.append(counts.removeprefix("kdsweep: ") + ".")
     return "\n".join([*head, *(["", table] if table else [])])[:20000]
 
@@ -170,13 +168,16 @@ def progress_line(study: optuna.Study, n_total: int, started: float, now: float)
     extra = [f"{k} {w}" for k, w in ((pruned, "pruned"), (failed, "failed attempts")) if k]
     line += f" ({', '.join(extra)})" if extra else ""
     if best is not None:
-        point = best.user_attrs.get("point") or " ".join(
-            f"{k.rsplit('.', 1)[-1]}={format_value(v)}" for k, v in best.params.items())
-        line += f", best {best.value:.2f} {point}"
+        line += f", best {best.value:.2f} {_point(best)}"
     clock = f"{int(took // 60)}:{int(took % 60):02d} elapsed"
     if left is not None and n < n_total:
         clock += f", ETA {int(left // 60)}:{int(left % 60):02d}"
     return f"{line} | {clock}"
+
+
+def _point(t: optuna.trial.FrozenTrial) -> str:
+    """What a trial varies (its ``point`` user attribute; trials of older sweeps: its params)."""
+    return t.user_attrs.get("point") or point_text(t.params)
 
 
 def parent_params(s: Any, space: Any, study_name: str) -> dict[str, str]:

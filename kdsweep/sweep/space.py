@@ -66,6 +66,18 @@ def format_override(key: str, value: Any) -> str:
     return f"{key}={format_value(value)}"
 
 
+def point_text(params: dict[str, Any], label: str | None = None) -> str:
+    """What a trial varies, short: ``alpha=0.4 T=4`` (the last part of each key), or its label."""
+    if label:
+        return label
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={_short(v)}" for k, v in params.items())
+
+
+def _short(v: Any) -> str:
+    """A value as a name shows it: floats a search drew (0.24824030047002132) to 4 digits."""
+    return f"{v:.4g}" if isinstance(v, float) else format_value(v)
+
+
 def _grid_float(low: float, high: float, step: float) -> list[float]:
     n = int(math.floor((high - low) / step + 1e-9))
     decimals = max(0, -int(math.floor(math.log10(abs(step))))) + 6 if step else 6

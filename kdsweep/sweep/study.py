@@ -40,7 +40,7 @@ from kdsweep.sweep import space as _space
 from kdsweep.sweep.checks import preflight
 from kdsweep.sweep.claims import Claims
 from kdsweep.sweep.define import define_study
-from kdsweep.sweep.jobs import JobContext, JobSpec, plan_jobs, point_text, trial_label
+from kdsweep.sweep.jobs import JobContext, JobSpec, plan_jobs, trial_label
 from kdsweep.sweep.parent import ParentRun
 from kdsweep.sweep.pruning import make_pruner
 from kdsweep.sweep.results import (
@@ -54,7 +54,7 @@ from kdsweep.sweep.results import (
 )
 from kdsweep.sweep.samplers import make_sampler
 from kdsweep.sweep.settings import Context, Outcome, Settings, check_settings
-from kdsweep.sweep.space import Point, SearchSpaceError, format_override, suggest
+from kdsweep.sweep.space import Point, SearchSpaceError, format_override, point_text, suggest
 from kdsweep.sweep.storage import Heartbeat, TrialRef, job_url, make_storage, short, sqlite_kwargs
 from kdsweep.sweep.trial import STORAGE_ENV
 from kdsweep.tracking import check_reachable, mask_files, mask_url, open_store
