@@ -80,10 +80,11 @@ class SweepRecord(Callback):
         from mlflow.tracking import MlflowClient
 
         from kdsweep.report import write_report
+        from kdsweep.run.job import SWEPT_ENV
 
         uri, run_id = self.parent
         os.environ.pop(PARENT_ENV, None)
-        os.environ.pop("KDSWEEP_SWEPT_KEYS", None)  # kdsweep.run.job.SWEPT_ENV
+        os.environ.pop(SWEPT_ENV, None)
         client = MlflowClient(uri)
         children = client.search_runs([client.get_run(run_id).info.experiment_id],
                                       f"tags.`mlflow.parentRunId` = '{run_id}'", max_results=5000)
