@@ -20,12 +20,12 @@ MEMBERS = [
     ["method=at", "student=resnet14"],                  # features, another student
     ["method=ce"],                                      # no teacher at all
 ]
-KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "opt/lr")
+KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "opt/lr")
 
 
 def history(client: MlflowClient, run_id: str) -> dict[str, list[float]]:
     metrics = client.get_run(run_id).data.metrics
-    keys = [k for k in metrics if k in KEYS or k.startswith("train/loss_")]
+    keys = [k for k in metrics if k in KEYS or k.startswith("loss/") and k not in ("loss/train", "loss/val")]
     return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)]
             for k in keys}
 

@@ -72,8 +72,8 @@ def test_fused_members_match_their_solo_runs_on_the_gpu(compose, mlflow_uri, tmp
     for s, f in zip(solo, fused, strict=True):
         assert s.status == f.status == DONE
         assert abs(s.final_val_acc - f.final_val_acc) <= 3.0, (s.final_val_acc, f.final_val_acc)
-        ls = [m.value for m in client.get_metric_history(s.run_id, "train/loss")]
-        lf = [m.value for m in client.get_metric_history(f.run_id, "train/loss")]
+        ls = [m.value for m in client.get_metric_history(s.run_id, "loss/train")]
+        lf = [m.value for m in client.get_metric_history(f.run_id, "loss/train")]
         assert ls == pytest.approx(lf, rel=0.05)
 
 

@@ -52,7 +52,7 @@ def run(tmp_path: Path, name: str, launcher: list[str]) -> tuple[MlflowClient, l
 
 
 def losses(client: MlflowClient, run) -> list[float]:
-    hist = client.get_metric_history(run.info.run_id, "train/loss")
+    hist = client.get_metric_history(run.info.run_id, "loss/train")
     return [m.value for m in sorted(hist, key=lambda m: m.step)]
 
 

@@ -26,7 +26,7 @@ def results(tmp_path: Path, study: str) -> dict[tuple[str, ...], tuple[float, li
     out = {}
     for c in children:
         p = c.data.params
-        hist = [m.value for m in sorted(client.get_metric_history(c.info.run_id, "train/loss"),
+        hist = [m.value for m in sorted(client.get_metric_history(c.info.run_id, "loss/train"),
                                         key=lambda m: m.step)]
         out[(p["method.alpha"], p["method.T"], p["schedule.batch_size"])] = (
             c.data.metrics["best_val_acc"], hist)
@@ -90,7 +90,7 @@ def test_killed_fused_job_resumes_every_member(tmp_path, teacher):
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert len(finished) == 4
     for c in finished:
-        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val/acc")]
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "acc/val")]
         assert sorted(steps) == [1, 2]
     states = [t.state for t in study_of(tmp_path, "kf").get_trials()]
     assert states.count(TrialState.COMPLETE) == 4

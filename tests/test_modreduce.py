@@ -125,4 +125,4 @@ def test_the_published_table_preset_runs_offline(tmp_path, compose):
     assert sorted(r.data.tags["method"] for r in runs) == ["ce", "crd", "kd", "modreduce", "semckd"]
     mr = next(r for r in runs if r.data.tags["method"] == "modreduce")
     assert mr.info.status == "FINISHED"
-    assert {"val/acc_resp", "val/acc_rel", "val/acc_feat", "val/acc_aggregate"} <= set(mr.data.metrics)
+    assert {"acc/val_resp", "acc/val_rel", "acc/val_feat", "acc/val_aggregate"} <= set(mr.data.metrics)

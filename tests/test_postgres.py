@@ -202,7 +202,7 @@ def test_single_run_is_tracked_in_postgres(single_run: Launch):
         assert key in student.data.metrics, key
     for key in ("teacher.val_acc", "cost.student_params", "cost.compression_ratio"):
         assert key in student.data.params, key
-    for key in ("train/loss", "val/acc", "train/loss_kd", "opt/lr"):
+    for key in ("loss/train", "acc/val", "loss/kd", "opt/lr"):
         assert [m.step for m in client.get_metric_history(student.info.run_id, key)] == [1, 2]
     assert student.data.params["method.name"] == "kd" and student.data.params["schedule.epochs"] == "2"
     for r in (teacher, student):

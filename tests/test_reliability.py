@@ -164,7 +164,7 @@ def test_four_parallel_runs_on_one_sqlite_store_lose_nothing(tmp_path, mlflow_ur
     assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
     for r in runs:
         assert r.info.status == "FINISHED"
-        for key in ("train/loss", "val/acc", "opt/lr", "perf/images_per_s"):
+        for key in ("loss/train", "acc/val", "opt/lr", "perf/images_per_s"):
             steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
             assert steps == list(range(1, epochs + 1)), (key, steps)
 

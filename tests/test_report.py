@@ -242,7 +242,7 @@ def _benchmark(tmp_path: Path) -> tuple[Store, str, Path, dict[str, str]]:
                 store.child(parent, trial, f"+experiment=crd_benchmark teacher={t} student={s} "
                             f"{ov} seed={seed} sweep.trial_number={trial}",
                             acc if status == "FINISHED" else None, status=status,
-                            curve=(acc - 10, acc - 2, acc), last=acc - 0.25, curve_name="val/acc",
+                            curve=(acc - 10, acc - 2, acc), last=acc - 0.25, curve_name="acc/val",
                             method=ov.split()[0].split("=")[1], teacher=t, student=s,
                             teacher_run_id=teachers[t], **tag)
                 trial += 1
@@ -322,8 +322,8 @@ class FakeClient:
 
 def test_sixteen_curves_are_small_multiples_with_titles(tmp_path):
     """A 4 x 4 grid: 4 panels of 4 distinct colours each, one legend outside the axes, titles
-    everywhere; runs recorded as ``val/acc`` (the MLflow-UI name) and as ``val_acc`` (before
-    the rename) both drawn."""
+    everywhere; runs recorded as ``acc/val`` (the MLflow-UI name) and under the two names earlier versions
+    used (``val/acc``, ``val_acc``) all drawn."""
     from matplotlib.figure import Figure
 
     from kdsweep.report import frame, plots
@@ -338,7 +338,7 @@ def test_sixteen_curves_are_small_multiples_with_titles(tmp_path):
             kids.append(Child(rid, "FINISHED", 0, 4 * i + j, {"method.alpha": str(a),
                                                              "method.T": str(t)},
                               {"best_val_acc": 70 + i + j / 10}, {}))
-            curves[rid] = {"val/acc" if j % 2 else "val_acc": [60 + i + j + e for e in range(5)]}
+            curves[rid] = {("acc/val", "val/acc", "val_acc")[j % 3]: [60 + i + j + e for e in range(5)]}
     tables = build_tables({"space": {"points": points}}, kids, "best_val_acc")
     frame.fill(tables, "best_val_acc")
     client = FakeClient(curves)

@@ -78,14 +78,14 @@ def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path):
 
     client_b, run_b = only_run(b)
     assert run_b.info.run_id == killed.info.run_id and run_b.info.status == "FINISHED"
-    steps = [m.step for m in client_b.get_metric_history(run_b.info.run_id, "val/acc")]
+    steps = [m.step for m in client_b.get_metric_history(run_b.info.run_id, "acc/val")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # nothing duplicated, nothing missing
     client_a, run_a = only_run(a)
     for key in ("best_val_acc", "final_val_acc", "final_train_acc", "best_epoch"):
         assert run_b.data.metrics[key] == run_a.data.metrics[key], key
-    train_loss_a = [m.value for m in sorted(client_a.get_metric_history(run_a.info.run_id, "train/loss"),
+    train_loss_a = [m.value for m in sorted(client_a.get_metric_history(run_a.info.run_id, "loss/train"),
                                             key=lambda m: m.step)]
-    train_loss_b = [m.value for m in sorted(client_b.get_metric_history(run_b.info.run_id, "train/loss"),
+    train_loss_b = [m.value for m in sorted(client_b.get_metric_history(run_b.info.run_id, "loss/train"),
                                             key=lambda m: m.step)]
     assert train_loss_a == train_loss_b
     wa = load_checkpoint(run_a.data.tags["kdsweep.resume_path"])["trainer"]["model"]
@@ -159,7 +159,7 @@ def test_sigkill_before_the_first_checkpoint_restarts_the_run(tmp_path):
     assert f"MLflow run {old.info.run_id} died before its first checkpoint" in out
     _, r = only_run(tmp_path)  # the active runs: the new one only
     assert r.info.status == "FINISHED" and r.info.run_id != old.info.run_id
-    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "val/acc")) == [1]
+    assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "acc/val")) == [1]
     gone = client.get_run(old.info.run_id)
     assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
     assert gone.data.tags["kdsweep.restarted_as"] == r.info.run_id

@@ -41,8 +41,10 @@ def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path
         assert key in r.data.metrics
     assert {"cost.student_params", "cost.student_macs", "cohort_size"} <= set(r.data.params)
     assert not {"student_params", "cohort_size", "perf/cohort_size"} & set(r.data.metrics)
-    for key in ("train/loss", "train/acc", "val/loss", "val/acc", "opt/lr", "perf/images_per_s"):
+    for key in ("loss/train", "acc/train", "loss/val", "acc/val", "opt/lr", "perf/images_per_s"):
         assert [m.step for m in client.get_metric_history(ce.run_id, key)] == [1, 2]
+    # the MLflow UI draws one section per prefix, sorted by name: accuracy is the top one
+    assert min(k.split("/")[0] for k in r.data.metrics if "/" in k) == "acc"
     [data_input] = r.inputs.dataset_inputs
     assert data_input.dataset.name == "embedded" and data_input.dataset.digest
     # the best checkpoint is also an MLflow logged model that loads back as the student
@@ -68,7 +70,7 @@ def test_ce_run_is_tracked_and_becomes_the_teacher(compose, mlflow_uri, tmp_path
     assert t["teacher_source"] == "mlflow" and t["teacher_run_id"] == ce.run_id
     assert t["teacher"] == "resnet14" and t["method"] == "kd"
     assert len(runs_of(filter_string="tags.method = 'ce'")) == 1  # no teacher trained twice
-    history = client.get_metric_history(kd.run_id, "train/loss_kd")
+    history = client.get_metric_history(kd.run_id, "loss/kd")
     assert len(history) == 2 and all(m.value > 0 for m in history)
 
 
@@ -193,3 +195,19 @@ def test_parallel_runs_train_the_teacher_once(tmp_path, mlflow_uri):
     assert len(runs_of(filter_string="tags.method = 'ce'")) == 1
     kd_runs = runs_of(filter_string="tags.method = 'kd'")
     assert len(kd_runs) == 2 and len({r.data.tags["teacher_run_id"] for r in kd_runs}) == 1
+
+
+def test_epoch_metric_names_put_the_quantity_first():
+    """Train and validation values of one quantity share a prefix (one chart section); loss terms
+    and peers' values join their quantity; older names stay readable."""
+    from kdsweep.tracking import epoch_metric_name, metric_names
+
+    names = {k: epoch_metric_name(k) for k in (
+        "val_acc", "train_acc", "val_loss", "train_loss", "loss_kd", "lr", "val_acc_rel",
+        "train_loss_feat", "val_deployed_peer", "images_per_s", "something")}
+    assert names == {"val_acc": "acc/val", "train_acc": "acc/train", "val_loss": "loss/val",
+                     "train_loss": "loss/train", "loss_kd": "loss/kd", "lr": "opt/lr",
+                     "val_acc_rel": "acc/val_rel", "train_loss_feat": "loss/train_feat",
+                     "val_deployed_peer": "peers/deployed", "images_per_s": "perf/images_per_s",
+                     "something": "other/something"}
+    assert metric_names("acc/val") == ("acc/val", "val/acc", "val_acc")

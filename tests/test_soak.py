@@ -164,7 +164,7 @@ def soak(tmp_path: Path, teacher: str, stores: Stores) -> None:
         assert trial.user_attrs.get("mlflow_run_id") == c.info.run_id
         assert c.data.tags["kdsweep.label"].endswith(label)
         assert "kdsweep.error" not in c.data.tags
-        for key in ("val/acc", "train/loss", "opt/lr"):
+        for key in ("acc/val", "loss/train", "opt/lr"):
             steps = sorted(m.step for m in client.get_metric_history(c.info.run_id, key))
             assert steps == list(range(1, EPOCHS + 1)), (c.info.run_name, key, steps)
         config = _config(client, c.info.run_id)

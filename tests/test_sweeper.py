@@ -398,7 +398,7 @@ hydra:
     client, _, children = parent_and_children(tmp_path, "p")
     (pruned,) = [c for c in children if c.data.tags["optuna.trial"] == "5"]
     assert pruned.info.status == "KILLED" and pruned.data.tags["pruned_at_epoch"] == "1"
-    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "val/acc")] == [1]
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "acc/val")] == [1]
     rep = write_report(tmp_path / "multirun" / "p", log_to_parent=False)
     assert rep.tables[0].cells[5][0].text() == "pruned (epoch 1)"
 

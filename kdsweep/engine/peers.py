@@ -139,7 +139,7 @@ class PeerGroup(Member):
             out["val_acc_aggregate"] = agg
         self.best_peer = max(range(len(accs)), key=lambda k: accs[k]["val_acc"])
         out.update(accs[self.best_peer])
-        out["val_deployed_peer"] = float(self.best_peer)  # logged as val/deployed_peer
+        out["val_deployed_peer"] = float(self.best_peer)  # logged as peers/deployed
         self.coupling.end_epoch([p.student for p in self.peers], len(self.result.history))
         return out
 

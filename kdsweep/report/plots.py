@@ -169,7 +169,7 @@ def bars(tables: Sequence[Table], path: Path, metric: str, title: str = "",
 
 
 class _History:
-    """Per-epoch validation accuracy of runs (``val/acc``, else ``val_acc``), fetched once each."""
+    """Per-epoch validation accuracy of runs (``acc/val``, or its former names), fetched once each."""
 
     def __init__(self, client: Any):
         self.client, self.cache = client, {}

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdsweep.tracking import metric_names
+
 # Overrides the sweeper adds to every trial: never table coordinates.
 BOOKKEEPING = ("sweep.", "hydra.")
-# Per-epoch validation accuracy: the name since the MLflow-UI rename, then the one before it.
-VAL_ACC = ("val/acc", "val_acc")
+# Per-epoch validation accuracy: its MLflow name, then the names older stores hold.
+VAL_ACC = metric_names("acc/val")
 BEST, LAST = "best_val_acc", "final_val_acc"
 
 
@@ -111,7 +113,7 @@ class Child:
         if "pruned_at_epoch" in self.tags:
             return f"pruned (epoch {self.tags['pruned_at_epoch']})"
         if self.status == "RUNNING":
-            v = self.value("val/acc")
+            v = self.value(VAL_ACC[0])
             return "running" + (f" (last val {v:.2f})" if v is not None else "")
         return {"FAILED": "failed", "KILLED": "killed", "SCHEDULED": "scheduled"}.get(
             self.status, self.status.lower())

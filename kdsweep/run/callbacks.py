@@ -43,7 +43,7 @@ class Checkpoints(Callback):
 
 
 def epoch_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """One epoch's values under the names MLflow groups into chart sections (``val/acc``, ...)."""
+    """One epoch's values under the names MLflow groups into chart sections (``acc/val``, ...)."""
     return {epoch_metric_name(k): v for k, v in metrics.items()
             if k not in CONSTANT_PER_EPOCH and k != "epoch"}
 

@@ -27,7 +27,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from kdsweep import liveness
-from kdsweep.tracking import retry
+from kdsweep.tracking import metric_names, retry
 
 RUN_KEY_TAG = "kdsweep.run_key"
 RESUME_PATH_TAG = "kdsweep.resume_path"
@@ -104,7 +104,7 @@ def find_finished(client: MlflowClient, experiment_id: str, key: str,
 
 
 def logged_epochs(client: MlflowClient, run_id: str) -> set[int]:
-    """The epochs whose validation accuracy reached MLflow (``val/acc``; ``val_acc`` before the
-    metrics had prefixes)."""
-    return {m.step for key in ("val/acc", "val_acc")
+    """The epochs whose validation accuracy reached MLflow (``acc/val``, or a name an older
+    version logged it under)."""
+    return {m.step for key in metric_names("acc/val")
             for m in retry(client.get_metric_history, run_id, key)}

@@ -11,6 +11,7 @@ from kdsweep.tracking.params import (
     canonical,
     epoch_metric_name,
     flatten,
+    metric_names,
     package_versions,
 )
 from kdsweep.tracking.recorder import RunRecorder, find_best_run
@@ -29,6 +30,7 @@ from kdsweep.tracking.store import (
 __all__ = [
     "CONSTANT_PER_EPOCH",
     "epoch_metric_name",
+    "metric_names",
     "RunRecorder",
     "absolute_uri",
     "canonical",

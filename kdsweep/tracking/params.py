@@ -60,23 +60,35 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-#: Per-epoch metric names as MLflow shows them: grouped by prefix, each group one chart section.
-_PREFIXED = {"train_loss": "train/loss", "train_acc": "train/acc", "val_loss": "val/loss",
-             "val_acc": "val/acc", "lr": "opt/lr", "images_per_s": "perf/images_per_s",
-             "epoch_time_s": "perf/epoch_time_s"}
+#: Per-epoch metric names as MLflow shows them. The UI makes one chart section per prefix and sorts
+#: sections and charts by name, so the quantity comes first: ``acc`` (validation and training
+#: accuracy side by side) is the top section, then ``loss``, ``opt``, ``peers``, ``perf``.
+_PREFIXED = {"val_acc": "acc/val", "train_acc": "acc/train", "val_loss": "loss/val",
+             "train_loss": "loss/train", "lr": "opt/lr", "images_per_s": "perf/images_per_s",
+             "epoch_time_s": "perf/epoch_time_s", "val_deployed_peer": "peers/deployed"}
+
+#: Names used before, oldest last: what readers of older stores also look for.
+FORMER_NAMES = {"acc/val": ("val/acc", "val_acc"), "loss/train": ("train/loss", "train_loss")}
 
 
 def epoch_metric_name(key: str) -> str:
-    """``val_acc`` -> ``val/acc``, ``loss_kd`` -> ``train/loss_kd``, ``val_acc_rel`` ->
-    ``val/acc_rel``: the name a per-epoch value is logged under."""
+    """``val_acc`` -> ``acc/val``, ``loss_kd`` -> ``loss/kd`` (a training loss term),
+    ``val_acc_rel`` -> ``acc/val_rel``: the name a per-epoch value is logged under."""
     if key in _PREFIXED:
         return _PREFIXED[key]
     if key.startswith("loss_"):
-        return f"train/{key}"
-    for head in ("train_", "val_"):
-        if key.startswith(head):
-            return f"{head[:-1]}/{key[len(head):]}"
+        return f"loss/{key[len('loss_'):]}"
+    for split in ("train", "val"):
+        for quantity in ("acc", "loss"):
+            head = f"{split}_{quantity}_"
+            if key.startswith(head):
+                return f"{quantity}/{split}_{key[len(head):]}"
     return f"other/{key}"
+
+
+def metric_names(name: str) -> tuple[str, ...]:
+    """``acc/val`` -> ``("acc/val", "val/acc", "val_acc")``: a metric's name and its former ones."""
+    return (name, *FORMER_NAMES.get(name, ()))
 
 
 #: Per-epoch values that are the same every epoch: logged once, as params.
