@@ -13,7 +13,8 @@ sweep's own overrides (``space.fixed`` of ``sweep.json``: ``experiment=``, ``deb
 ``dataset.root=``, ``schedule.*``...) and the distillation run's other point values (a recipe's
 ``schedule.lr``), less the swept axes, ``method.*``, the models and the seed; so running it fills
 the gain column. The same runs give the grey curves of ``curves.png``. A teacher weaker than
-every student it taught is named (:func:`teacher_notes`): distillation from it measures little.
+every student it taught is named (:func:`teacher_notes`): distillation from it measures little;
+one weaker than some of them is named too.
 """
 
 from __future__ import annotations
@@ -191,12 +192,19 @@ def _value(b: Baseline | None, metric: str) -> float | None:
 
 
 def teacher_notes(pairs: Sequence[Pair]) -> list[str]:
-    """A line for each teacher weaker than every student it taught (best_val_acc, %)."""
+    """A line for each teacher weaker than students it taught (best_val_acc, %): every one (the
+    sweep measures little), or some (the teacher is not the upper bound a reader assumes)."""
     out = []
     for p in pairs:
         t = p.teacher_run
         accs = [v for c in p.children if c.finished and (v := c.value(BEST)) is not None]
-        if t is None or t.best is None or not accs or t.best >= min(accs):
+        if t is None or t.best is None or not accs or t.best >= max(accs):
+            continue
+        if t.best >= min(accs):
+            above = sum(v > t.best for v in accs)
+            out.append(f"note: the teacher {p.teacher} ({t.best:.1f} %) is weaker than {above} of "
+                       f"the {len(accs)} students it taught on {p.dataset} (best {max(accs):.1f} "
+                       "%): they beat it, so it is no upper bound here.")
             continue
         lo, hi = min(accs), max(accs)
         span = f"{lo:.1f} %" if len(accs) == 1 else f"{lo:.1f}-{hi:.1f} %"
