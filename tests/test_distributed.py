@@ -40,7 +40,7 @@ def test_shards_of_a_batch_are_the_batch():
     assert len(parts[0].train) == len(whole.train)
 
 
-def run(tmp_path: Path, name: str, launcher: list[str]) -> tuple[MlflowClient, list]:
+def run(tmp_path: Path, name: str, launcher: list[str]) -> tuple[MlflowClient, list, str]:
     uri = f"sqlite:///{tmp_path / name}.db"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
     p = subprocess.run([*launcher, str(ROOT / "run.py"), *ARGS, f"teacher.checkpoint={tmp_path}/t.pt",
@@ -48,7 +48,8 @@ def run(tmp_path: Path, name: str, launcher: list[str]) -> tuple[MlflowClient, l
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     client = MlflowClient(uri)
-    return client, [r for r in client.search_runs(["1"]) if r.data.tags.get("method") == "kd"]
+    kd = [r for r in client.search_runs(["1"]) if r.data.tags.get("method") == "kd"]
+    return client, kd, p.stdout + p.stderr
 
 
 def losses(client: MlflowClient, run) -> list[float]:
@@ -60,10 +61,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "t.pt", {"arch": "resnet14", "num_classes": 10,
                                         "model": create_model("resnet14", num_classes=10).state_dict()})
-    c1, single = run(tmp_path, "single", [sys.executable])
+    c1, single, _ = run(tmp_path, "single", [sys.executable])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    c2, ddp = run(tmp_path, "ddp", torchrun)
+    c2, ddp, out = run(tmp_path, "ddp", torchrun)
     assert len(single) == 1 and len(ddp) == 1, "rank 1 must not record a run"
+    assert out.count(" 1/2: loss ") == 1, out[-3000:]       # rank 0 alone prints the epoch line
     a, b = losses(c1, single[0]), losses(c2, ddp[0])
     assert len(a) == len(b) == 2
     assert a == pytest.approx(b, rel=0.02)  # BatchNorm sees 32 images per process, not 64

@@ -94,9 +94,9 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
                                                         device=rt.device)}
     for p in plans:
         p.member = _member(p, data, rt)
-    parts = _fit_in_memory(plans, data, rt.device, teacher)
+    parts = _fit_in_memory(plans, data, rt, teacher)
     if len(parts) > 1:  # too big for the device: train it in consecutive cohorts that fit
-        return _in_parts(plans, parts, data)
+        return _in_parts(plans, parts, data, rt.dist.is_main)
     cohort = _cohort(plans, data, teacher, rt)
     if len(plans) > 1 and rt.dist.is_main:  # what the first minute is spent on
         print(f"kdsweep: {len(plans)} runs: evaluating the teacher, opening their MLflow runs, "
@@ -123,6 +123,8 @@ def _runtime(cfg: DictConfig) -> Runtime:
     if dist_env.active and device.type == "cuda":
         device = torch.device("cuda", dist_env.local_rank)
         torch.cuda.set_device(device)
+    if not dist_env.is_main:  # rank 0 speaks for a data-parallel run; the others only warn
+        logging.getLogger("kdsweep").setLevel(logging.WARNING)
     if cfg.get("cpu_threads"):
         # Parallel runs on one machine must share the cores: oversubscribed OpenMP threads spin
         # and were measured 7-10x slower here (docs/benchmarks.md).
@@ -198,9 +200,11 @@ def _cohort(plans: Sequence[Plan], data: DataBundle, teacher: Teacher | None,
                   horizontal=bool(cfg.train.get("horizontal", False)), dist_env=rt.dist)
 
 
-def _in_parts(plans: Sequence[Plan], parts: list[list[Plan]], data: DataBundle) -> list[RunResult]:
-    print(f"kdsweep: {len(plans)} members do not fit in memory at once: training them as "
-          f"{len(parts)} cohorts of {', '.join(str(len(q)) for q in parts)}", flush=True)
+def _in_parts(plans: Sequence[Plan], parts: list[list[Plan]], data: DataBundle,
+              main: bool) -> list[RunResult]:
+    if main:
+        print(f"kdsweep: {len(plans)} members do not fit in memory at once: training them as "
+              f"{len(parts)} cohorts of {', '.join(str(len(q)) for q in parts)}", flush=True)
     for p in plans:
         p.member = None  # the parts build their own students
     results: list[RunResult] = []
@@ -351,9 +355,10 @@ def _member(p: Plan, data: DataBundle, rt: Runtime) -> Member:
                      rng=RngStream(device))
 
 
-def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device,
+def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, rt: Runtime,
                    teacher: Teacher | None) -> list[list[Plan]]:
     """The cohort, or its parts that fit the device's free memory (``train.fuse_memory``)."""
+    device = rt.device
     if len(plans) == 1:
         return [list(plans)]
     x = next(iter(data.train))[0][:2]
@@ -366,10 +371,11 @@ def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device
     fixed = budget.teacher_bytes(teacher.model, teacher.model, x, bs) if teacher else 0
     room = int(budget.available_bytes(device) * budget.SAFETY) - fixed
     k = budget.fit_count(needs, room)
-    print(f"kdsweep: memory check: {len(plans)} runs need about "
-          f"{budget.fmt_bytes(sum(needs) + fixed)} on {device.type}, "
-          f"{budget.fmt_bytes(room + fixed)} is free: " + (
-              "one cohort" if k >= len(plans) else f"at most {k} at once"), flush=True)
+    if rt.dist.is_main:
+        print(f"kdsweep: memory check: {len(plans)} runs need about "
+              f"{budget.fmt_bytes(sum(needs) + fixed)} on {device.type}, "
+              f"{budget.fmt_bytes(room + fixed)} is free: " + (
+                  "one cohort" if k >= len(plans) else f"at most {k} at once"), flush=True)
     if k >= len(plans):
         return [list(plans)]
     if cfg.train.fuse_memory == "refuse":
