@@ -284,6 +284,24 @@ class Method(nn.Module):
         """Number of trainable parameters the method adds (connectors, embeddings, ...)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    # -- pre-stage (RepDistiller's ``--init_epochs``: AB, FT, FSP) ------------------------------
+    #: Epochs trained before the main schedule with :meth:`init_forward` as the loss; a method with
+    #: a pre-stage declares an ``init_epochs`` hyper-parameter and stores it here.
+    init_epochs: int = 0
+
+    def init_parameters(self, body: list[nn.Parameter]) -> list[nn.Parameter]:
+        """What the pre-stage trains: some of the method's own parameters and/or ``body`` (the
+        student's parameters except its classifier's, RepDistiller's ``get_feat_modules()``).
+        The engine optimises them with SGD at the schedule's ``lr``, ``momentum`` and
+        ``weight_decay``, constant (RepDistiller's ``init()``); the student runs in train mode
+        when some of ``body`` is returned, else in eval mode without gradients."""
+        return []
+
+    def init_forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
+                     info: StepInfo) -> dict[str, Tensor]:
+        """The pre-stage's named loss terms (summed, logged as ``loss/<name>``)."""
+        raise NotImplementedError(f"{self.name}: init_epochs > 0 needs init_forward")
+
 
 class FeatureMethod(Method):
     """Base of the feature methods: the optional ``ce`` and ``kd`` terms every one of them has.
