@@ -20,7 +20,7 @@ SHARED_KEYS = ("dataset", "teacher", "schedule.batch_size", "schedule.epochs", "
                "train.channels_last", "train.progress", "train.compile", "train.horizontal",
                "train.fuse_memory",
                "train.batch_per_rank", "train.scale_lr", "train.sync_bn",
-               "tracking", "resume", "method.teacher_bn")
+               "tracking", "resume", "method.teacher_bn", "method.init_epochs")
 
 
 def _get(cfg: Mapping[str, Any], dotted: str) -> Any:

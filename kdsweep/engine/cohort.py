@@ -56,6 +56,13 @@ class Cohort:
         if not members:
             raise ValueError("a cohort needs at least one member")
         self.members, self.data, self.epochs = list(members), data, int(epochs)
+        # A method's pre-stage (AB, FT, FSP) runs before the main schedule: members share its
+        # length (``method.init_epochs`` is a cohort setting), so the loop has one epoch count.
+        inits = {m.init_epochs for m in self.members}
+        if len(inits) > 1:
+            raise ValueError(f"members of a cohort must share method.init_epochs; got {sorted(inits)}")
+        self.init_epochs = inits.pop()
+        self.total_epochs = self.init_epochs + self.epochs
         self.batch_size, self.precision = int(batch_size), precision
         self.limit_train, self.limit_val, self.progress = limit_train_batches, limit_val_batches, progress
         self.steps_per_epoch = min(len(data.train), limit_train_batches or len(data.train))
@@ -105,9 +112,9 @@ class Cohort:
     def fit(self) -> list[Member]:
         """Train every member from its ``start_epoch`` (0, or where its checkpoint left off) to the
         end; returns the members with their final status."""
-        start = min((m.start_epoch for m in self.members if m.active), default=self.epochs)
+        start = min((m.start_epoch for m in self.members if m.active), default=self.total_epochs)
         times: list[float] = []
-        for epoch in range(start, self.epochs):
+        for epoch in range(start, self.total_epochs):
             active = [m for m in self.members if m.active and m.start_epoch <= epoch]
             if not active:
                 continue
@@ -132,7 +139,7 @@ class Cohort:
         # One line per member for a single run; a cohort's members are one line per epoch
         # (_cohort_line; each member's numbers are in its MLflow run).
         log.log(logging.INFO if len(self.members) == 1 else logging.DEBUG,
-                "%s %d/%d: loss %.3f acc %.1f | val %.3f %.2f", m.name, epoch + 1, self.epochs,
+                "%s %s: loss %.3f acc %.1f | val %.3f %.2f", m.name, self.epoch_label(epoch),
                 stats["train_loss"], stats["train_acc"], stats["val_loss"], stats["val_acc"])
         try:
             for cb in m.callbacks:
@@ -155,8 +162,8 @@ class Cohort:
         stopped = {s: sum(m.status == s for m in self.members) for s in ("pruned", "diverged", "failed")}
         extra = "".join(f", {n} {s}" for s, n in stopped.items() if n)
         per = sum(times[-3:]) / len(times[-3:])
-        left = per * (self.epochs - epoch - 1)
-        head = f"epoch {epoch + 1}/{self.epochs} ({len(self.members)} runs{extra})"
+        left = per * (self.total_epochs - epoch - 1)
+        head = f"{self.epoch_label(epoch)} ({len(self.members)} runs{extra})"
         if best is None:
             return f"{head} | {per:.0f} s/epoch"
         name = best.name.split(" (", 1)[0]
@@ -175,11 +182,17 @@ class Cohort:
         with torch.no_grad(), self.precision.autocast():
             return self.teacher_fwd(x)
 
+    def epoch_label(self, epoch: int) -> str:
+        """``epoch 3/240``, or ``pre-stage 2/30`` for the first ``init_epochs`` epochs."""
+        if epoch < self.init_epochs:
+            return f"pre-stage {epoch + 1}/{self.init_epochs}"
+        return f"epoch {epoch - self.init_epochs + 1}/{self.epochs}"
+
     def _train_epoch(self, epoch: int, active: list[Member]) -> dict[Member, dict[str, float]]:
         for m in active:
-            m.begin_epoch(self.device)
+            m.begin_epoch(self.device, epoch)
         self.data.train.set_epoch(epoch)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}",
+        bar = tqdm(total=self.steps_per_epoch, desc=self.epoch_label(epoch),
                    disable=None if self.progress is None else not self.progress, leave=False,
                    unit="batch", ncols=80, bar_format="{desc} {percentage:3.0f}%|{bar:12}| "
                    "{n_fmt}/{total_fmt} {postfix}")
@@ -209,7 +222,8 @@ class Cohort:
         bar.close()
         shared = {"images_per_s": seen * self.step.dist.world / max(seconds, 1e-9),
                   "epoch_time_s": seconds, "cohort_size": float(len(active))}
-        return {m: {**m.epoch_stats(seen, self.step.dist), **shared} for m in active if m.active}
+        return {m: {**m.epoch_stats(seen, self.step.dist, epoch), **shared}
+                for m in active if m.active}
 
     @staticmethod
     def _postfix(live: Sequence[Member], seen: int, elapsed: float) -> str:

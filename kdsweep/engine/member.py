@@ -22,9 +22,19 @@ from kdsweep.engine.forward import Forward, evaluate
 from kdsweep.engine.optim import build_optimizer, build_scheduler
 from kdsweep.errors import TrainingDiverged
 from kdsweep.methods import BuildContext, Method, StepInfo
-from kdsweep.models import ModelOutput
+from kdsweep.models import ModelOutput, get_spec, resolve_module
 
 ACTIVE, DONE, PRUNED, DIVERGED, FAILED = "active", "done", "pruned", "diverged", "failed"
+
+
+def student_body(student: nn.Module, arch: str) -> list[nn.Parameter]:
+    """The student's parameters except its classifier's (RepDistiller's ``get_feat_modules()``):
+    the classifier is the module whose input is the pooled embedding (``features.pooled``)."""
+    spec = get_spec(arch)
+    head = set()
+    if spec.features is not None:
+        head = {id(p) for p in resolve_module(student, spec.features.pooled).parameters()}
+    return [p for p in student.parameters() if id(p) not in head]
 
 
 @dataclass
@@ -185,6 +195,11 @@ class Member:
         self.scheduler: Any = None
         self.scaler: Any = None
         self.sums: Sums | None = None
+        # The method's pre-stage (RepDistiller's --init_epochs): its own optimiser over what it
+        # trains; the cohort's first ``init_epochs`` epochs are pre-stage epochs for every member.
+        self.init_epochs = int(getattr(method, "init_epochs", 0) or 0)
+        self.init_optimizer: torch.optim.Optimizer | None = None
+        self.init_trains_student = False
 
     @property
     def active(self) -> bool:
@@ -220,14 +235,36 @@ class Member:
             self.student.train(was)
             self.method.build(s, t_out if self.method.needs_teacher else None, ctx)
             self.method.to(step.device)
+        only_init = self._build_prestage(step) if self.init_epochs else set()
         params = [p for p in [*self.student.parameters(), *self.method.parameters()]
-                  if p.requires_grad]
+                  if p.requires_grad and id(p) not in only_init]
         self.optimizer = build_optimizer(params, self.schedule, device=step.device)
         self.scheduler = build_scheduler(self.optimizer, self.schedule, step.steps_per_epoch)
         self.scaler = step.precision.grad_scaler()
 
-    def begin_epoch(self, device: torch.device) -> None:
-        self.student.train()
+    def _build_prestage(self, step: StepContext) -> set[int]:
+        """The pre-stage's optimiser: SGD at the schedule's lr, momentum and weight decay, constant
+        (RepDistiller's ``init()``), over what the method's ``init_parameters`` returns. Returns the
+        ids of the method's parameters trained only there (RepDistiller keeps AB's connectors and
+        FT's paraphraser out of the main stage's optimiser)."""
+        body = student_body(self.student, self.arch)
+        params = list(self.method.init_parameters(body))
+        if not params:
+            raise ValueError(f"{self.method.name}: init_epochs > 0 but init_parameters() is empty")
+        body_ids = {id(p) for p in body}
+        self.init_trains_student = any(id(p) in body_ids for p in params)
+        cfg = {"optimizer": "sgd", "lr": self.schedule.get("lr", 0.05),
+               "momentum": self.schedule.get("momentum", 0.9),
+               "weight_decay": self.schedule.get("weight_decay", 5e-4), "nesterov": False}
+        self.init_optimizer = build_optimizer(params, cfg, device=step.device)
+        own = {id(p) for p in self.method.parameters()}
+        return {id(p) for p in params if id(p) in own}
+
+    def in_prestage(self, epoch: int) -> bool:
+        return epoch < self.init_epochs
+
+    def begin_epoch(self, device: torch.device, epoch: int = -1) -> None:
+        self.student.train(not self.in_prestage(epoch) or self.init_trains_student)
         self.method.train()
         self.sums = Sums(device)
 
@@ -239,6 +276,8 @@ class Member:
         stops); on a GPU the fused optimiser skips it on the device and :meth:`check_finite`
         stops the member at the next check.
         """
+        if self.in_prestage(epoch):
+            return self.prestage_step(x, y, idx, t_out, epoch, step)
         with self.rng.active():
             with step.precision.autocast():
                 s_out = self.forward(x)
@@ -248,12 +287,41 @@ class Member:
             self.apply(pending.loss, pending.bad, step)
         self.finish(pending)
 
+    def prestage_step(self, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
+                      epoch: int, step: StepContext) -> None:
+        """One step of the method's pre-stage: ``init_forward``'s terms, the pre-stage optimiser
+        (the main LR schedule does not move)."""
+        with self.rng.active():
+            grad = torch.enable_grad() if self.init_trains_student else torch.no_grad()
+            with grad, step.precision.autocast():
+                s_out = self.forward(x)
+            info = StepInfo(epoch=epoch, step=self.global_step, epochs=self.init_epochs,
+                            steps_per_epoch=step.steps_per_epoch, indices=idx)
+            with step.precision.autocast():
+                terms = self.method.init_forward(s_out, t_out, info)
+            terms = {f"init_{k}": v for k, v in terms.items()}
+            loss = sum(terms.values())
+            bad = any_true(~torch.isfinite(loss.detach()), step.dist)
+            if step.sync_every == 1 and bool(bad):
+                self.stop(DIVERGED, diverged(epoch, self.global_step, terms))
+                return
+            opt = self.init_optimizer
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            average_gradients((p for g in opt.param_groups for p in g["params"]), step.dist)
+            if step.sync_every > 1:
+                opt.found_inf = bad.float()
+            self.scaler.step(opt)
+            self.scaler.update()
+        self.finish(Pending(loss, s_out.logits, y, terms, bad))
+
     def losses(self, s_out: ModelOutput, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
                epoch: int, step: StepContext) -> Pending | None:
         """The method's loss terms on this member's forward output ``s_out`` (call it in this
         member's RNG stream); None when the loss is non-finite on the CPU (the member stops)."""
-        info = StepInfo(epoch=epoch, step=self.global_step, epochs=step.epochs,
-                        steps_per_epoch=step.steps_per_epoch, indices=idx)
+        info = StepInfo(epoch=epoch - self.init_epochs,
+                        step=self.global_step - self.init_epochs * step.steps_per_epoch,
+                        epochs=step.epochs, steps_per_epoch=step.steps_per_epoch, indices=idx)
         with step.precision.autocast():
             terms = self.method(s_out, t_out if self.method.needs_teacher else None, y, info)
         loss = sum(terms.values())
@@ -290,9 +358,10 @@ class Member:
         if self.active and first is not None and int(first) >= 0:
             self.stop(DIVERGED, diverged(epoch, int(first), None))
 
-    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE, epoch: int = -1) -> dict[str, float]:
         """The epoch's training metrics (summed over the data-parallel processes)."""
-        return {**self.sums.stats(seen, dist_env), "lr": self.optimizer.param_groups[0]["lr"]}
+        opt = self.init_optimizer if self.in_prestage(epoch) else self.optimizer
+        return {**self.sums.stats(seen, dist_env), "lr": opt.param_groups[0]["lr"]}
 
     def modules(self) -> list[nn.Module]:
         """What holds this member's weights and BatchNorm statistics."""
@@ -316,13 +385,17 @@ class Member:
         return {"model": self.student.state_dict(), "method": self.method.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "global_step": self.global_step,
-                "result": self.result.to_dict(), "rng": self.rng.state_dict()}
+                "result": self.result.to_dict(), "rng": self.rng.state_dict(),
+                **({"init_optimizer": self.init_optimizer.state_dict()}
+                   if self.init_optimizer is not None else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.optimizer is not None
         self.student.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.init_optimizer is not None and "init_optimizer" in state:
+            self.init_optimizer.load_state_dict(state["init_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -80,9 +80,9 @@ class PeerGroup(Member):
         self.coupling_opt = self.coupling.make_optimizer()
         self.optimizer, self.scheduler = self.peers[0].optimizer, self.peers[0].scheduler
 
-    def begin_epoch(self, device: torch.device) -> None:
+    def begin_epoch(self, device: torch.device, epoch: int = -1) -> None:
         for p in self.peers:
-            p.begin_epoch(device)
+            p.begin_epoch(device, epoch)
         self.coupling.train()
         self.sums = Sums(device)
 
@@ -117,7 +117,7 @@ class PeerGroup(Member):
         self.sums.add(total, outs[self.best_peer], y, terms, bad, self.global_step)
         self.global_step += 1
 
-    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE) -> dict[str, float]:
+    def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE, epoch: int = -1) -> dict[str, float]:
         out = {**self.sums.stats(seen, dist_env),
                "lr": self.peers[0].optimizer.param_groups[0]["lr"]}
         for name, p in zip(self.coupling.peer_names, self.peers, strict=True):

@@ -96,7 +96,7 @@ def start(p: Plan, env: Env) -> RunRecorder:
     """
     assert p.member is not None
     ckpt = Checkpoints(_checkpoint_dir(p), every=int(p.cfg.train.checkpoint_every),
-                       epochs=int(p.cfg.schedule.epochs),
+                       epochs=int(p.cfg.schedule.epochs) + p.member.init_epochs,
                        header={"arch": p.cfg.student.name, "num_classes": env.data.num_classes,
                                "config": p.masked})
     tags = {"dataset": env.data.name, "num_classes": str(env.data.num_classes),
