@@ -107,7 +107,8 @@ class DOT(torch.optim.Optimizer):
     still empties the stash. Under an enabled ``torch.amp.GradScaler`` (``scaler.step(opt)``,
     which sets ``grad_scale`` and ``found_inf`` because of ``_step_supports_amp_scaling``) both
     the task gradients and the stash are unscaled here, and a non-finite stashed gradient also
-    skips the step (the scaler's scale back-off only sees the task gradients).
+    skips the step (the scaler's scale back-off only sees the task gradients). Do not call
+    ``scaler.unscale_(opt)`` before it: the stash would stay scaled.
 
     Deviations: several groups, ``found_inf``/``grad_scale``; :meth:`stash_distillation_grads`
     takes the gradients (``p.grad`` is None afterwards) instead of keeping references to them, so
