@@ -19,6 +19,7 @@ MEMBERS = [
     ["method=kd", "method.alpha=0.9", "method.T=8", "schedule.lr=0.1"],
     ["method=at", "student=resnet14"],                  # features, another student
     ["method=ce"],                                      # no teacher at all
+    ["method=kd", "schedule.optimizer=dot"],            # DOT: two momenta, two backward passes
 ]
 KEYS = ("loss/train", "acc/train", "loss/val", "acc/val", "opt/lr")
 

@@ -346,3 +346,45 @@ def test_edges_accepted_and_groups_checked():
     with pytest.raises(ConfigError, match="schedule.dot_delta"):
         opt.add_param_group({"params": [q], "delta": 0.2, "momentum": 0.9})
     assert len(opt.param_groups) == 1
+
+
+def test_a_member_with_dot_backpropagates_task_and_distillation_apart():
+    """``Member.apply`` with ``schedule.optimizer=dot``: the ``ce`` term is the task loss, every
+    other term the distillation loss, as mdistiller's DOT trainer splits them."""
+    import copy
+
+    from kdsweep.engine.device import resolve_precision
+    from kdsweep.engine.member import Member, RngStream, StepContext
+    from kdsweep.methods import create_method
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 4))
+    ref = copy.deepcopy(net)
+    sched = {"optimizer": "dot", "lr": 0.1, "momentum": 0.9, "dot_delta": 0.075,
+             "weight_decay": 5e-4, "name": "constant", "epochs": 1}
+    member = Member("m", net, create_method({"name": "kd"}), sched, arch="resnet8",
+                    rng=RngStream(torch.device("cpu")))
+    from kdsweep.engine.optim import build_optimizer, build_scheduler
+
+    member.optimizer = build_optimizer(net.parameters(), sched)
+    member.scheduler = build_scheduler(member.optimizer, sched, 1)
+    step = StepContext(1, 1, resolve_precision("fp32", torch.device("cpu")), 1,
+                       torch.device("cpu"))
+    member.scaler = step.precision.grad_scaler()
+    opt = DOT(ref.parameters(), lr=0.1, momentum=0.9, delta=0.075, weight_decay=5e-4)
+    x, y, t = torch.randn(8, 6), torch.arange(8) % 4, torch.randn(8, 4)
+    for _ in range(3):
+        for model, use_member in ((net, True), (ref, False)):
+            z = model(x)
+            terms = {"ce": torch.nn.functional.cross_entropy(z, y),
+                     "kd": torch.nn.functional.mse_loss(z, t) * 3.0}
+            if use_member:
+                member.apply(sum(terms.values()), torch.zeros((), dtype=torch.bool), step, terms)
+            else:
+                opt.zero_grad(set_to_none=True)
+                terms["kd"].backward(retain_graph=True)
+                opt.stash_distillation_grads()
+                terms["ce"].backward()
+                opt.step()
+    for a, b in zip(net.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)

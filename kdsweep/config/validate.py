@@ -13,6 +13,7 @@ from dataclasses import fields, is_dataclass
 from typing import Any
 
 from kdsweep.config.schema import RunConfig
+from kdsweep.engine.dot import check_settings as check_dot
 from kdsweep.engine.optim import OPTIMIZERS, SCHEDULES
 from kdsweep.errors import ConfigError, close_matches
 from kdsweep.models import get_spec
@@ -105,6 +106,12 @@ def validate(cfg: Mapping[str, Any]) -> None:
             f"schedule.warmup_epochs={float(s.get('warmup_epochs')):g} must be shorter than "
             f"schedule.epochs={epochs}"
         )
+    if str(s.get("optimizer", "sgd")).lower() == "dot":
+        check_dot(float(s["lr"]), float(s.get("momentum") or 0), float(s.get("dot_delta", 0.075)),
+                  float(s.get("weight_decay") or 0))
+        if s.get("nesterov"):
+            raise ConfigError("schedule.nesterov=true is not supported by schedule.optimizer=dot "
+                              "(mdistiller's DOT has no Nesterov variant); set it to false")
     wsf = s.get("warmup_start_factor")
     if wsf is not None and not 0 < float(wsf) <= 1:
         raise ConfigError(f"schedule.warmup_start_factor={wsf!r} must be in (0, 1]")

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from kdsweep.engine.dot import DOT
 from kdsweep.engine.member import Member, Pending, StepContext
 from kdsweep.models import ModelOutput
 
@@ -52,8 +53,8 @@ log = logging.getLogger(__name__)
 
 def signature(member: Member) -> tuple[Any, ...] | None:
     """Equal for two members that can be stacked; None for a member that cannot be."""
-    if type(member) is not Member or member.needs_features:
-        return None
+    if type(member) is not Member or member.needs_features or isinstance(member.optimizer, DOT):
+        return None  # DOT's two backward passes per member: stepped alone, its momenta its own
     student = member.student
     if any(m._forward_hooks or m._forward_pre_hooks or isinstance(m, nn.SyncBatchNorm)
            for m in student.modules()):  # LoRA branches; BatchNorm synchronised across processes

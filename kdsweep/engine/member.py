@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdsweep.engine.device import Precision
 from kdsweep.engine.distributed import SINGLE, DistEnv, any_true, average_gradients, sum_
+from kdsweep.engine.dot import DOT
 from kdsweep.engine.forward import Forward, evaluate
 from kdsweep.engine.optim import build_optimizer, build_scheduler
 from kdsweep.errors import TrainingDiverged
@@ -284,7 +285,7 @@ class Member:
             pending = self.losses(s_out, y, idx, t_out, epoch, step)
             if pending is None:
                 return
-            self.apply(pending.loss, pending.bad, step)
+            self.apply(pending.loss, pending.bad, step, pending.terms)
         self.finish(pending)
 
     def prestage_step(self, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
@@ -331,10 +332,22 @@ class Member:
             return None
         return Pending(loss, s_out.logits, y, terms, bad)
 
-    def apply(self, loss: Tensor, bad: Tensor, step: StepContext) -> None:
-        """Backward and one step of the optimiser and the LR schedule."""
+    def apply(self, loss: Tensor, bad: Tensor, step: StepContext,
+              terms: dict[str, Tensor] | None = None) -> None:
+        """Backward and one step of the optimiser and the LR schedule. With the DOT optimiser
+        the distillation terms (all but ``ce``) and the task term are backpropagated apart."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if isinstance(self.optimizer, DOT) and terms is not None:
+            distill = [v for k, v in terms.items() if k != "ce"]
+            if distill:
+                self.scaler.scale(sum(distill)).backward(retain_graph="ce" in terms)
+                average_gradients((p for g in self.optimizer.param_groups for p in g["params"]),
+                                  step.dist)
+                self.optimizer.stash_distillation_grads()
+            if "ce" in terms:
+                self.scaler.scale(terms["ce"]).backward()
+        else:
+            self.scaler.scale(loss).backward()
         self.step_optimizer(bad, step)
 
     def step_optimizer(self, bad: Tensor, step: StepContext) -> None:

@@ -28,9 +28,10 @@ from torch.optim.lr_scheduler import (
     SequentialLR,
 )
 
+from kdsweep.engine.dot import DEFAULT_DELTA, DOT
 from kdsweep.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "dot")
 SCHEDULES = ("step", "cosine", "constant")
 
 
@@ -42,7 +43,7 @@ class ScheduleConf:
     epochs: int = 8
     batch_size: int = 64
     eval_batch_size: int = 256
-    optimizer: str = "sgd"               # sgd | adamw
+    optimizer: str = "sgd"               # sgd | adamw | dot (DOT: kdsweep.engine.dot)
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -52,6 +53,7 @@ class ScheduleConf:
     min_lr: float = 0.0                  # cosine: final LR
     warmup_epochs: float = 0.0           # linear warmup, per iteration (may be a fraction)
     warmup_start_factor: float = 1e-3    # warmup starts at this fraction of lr
+    dot_delta: float = DEFAULT_DELTA     # dot: task momentum - delta, distillation momentum + delta
 
 
 def _with_defaults(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,6 +85,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: Mapping[str, Any]
         return opt
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, fused=fused or None)
+    if name == "dot":  # separate momenta for the task and the distillation gradients
+        return DOT(params, lr=lr, momentum=float(cfg["momentum"]), delta=float(cfg["dot_delta"]),
+                   weight_decay=wd, nesterov=bool(cfg["nesterov"]))
     raise ConfigError(f"schedule.optimizer={name!r} is not supported; valid: {', '.join(OPTIMIZERS)}")
 
 
