@@ -38,7 +38,7 @@ PRESETS = {
                                 "keti_cifar10", True),
     "efficientnet_kd_imagenet": ("imagenet", "tv_resnet152", "tv_efficientnet_b0", "kd", 2,
                                  "keti_imagenet", False),
-    "crd_benchmark": ("cifar100", "wrn_40_2", "wrn_16_2", "kd", 417, "crd_dkd_cifar100", True),
+    "crd_benchmark": ("cifar100", "wrn_40_2", "wrn_16_2", "kd", 708, "crd_dkd_cifar100", True),
     "modreduce_benchmark": ("cifar100", "wrn_40_2", "wrn_16_2", "kd", 70, "modreduce_cifar100",
                             True),
 }
@@ -144,11 +144,17 @@ def test_benchmark_points_follow_the_published_recipe(composed):
         small = p.values["student"] in ("MobileNetV2", "ShuffleV1", "ShuffleV2")
         assert p.values.get("schedule.lr") == (0.01 if small else None), p.values
     labels = {p.label for p in points}
-    assert labels == {"vanilla", "kd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "crd+kd", "dkd",
-                      "ofd"}
+    pub = get_published("crd_dkd_cifar100")
+    assert labels == set(pub.cols) == {
+        "vanilla", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst",
+        "crd", "crd+kd", "dkd", "ofd", "reviewkd", "kd+dot"}
+    # fsp where RepDistiller prints it (equal widths), every other method on all 13 pairs
+    fsp = {(p.values["teacher"], p.values["student"]) for p in points if p.label == "fsp"}
+    assert {f"{t} -> {s}" for t, s in fsp} == {r for r in pub.rows if pub.value(r, "fsp")}
+    assert all(p.values.get("schedule.optimizer") == "dot" and p.values["method"] == "kd"
+               for p in points if p.label == "kd+dot")
     assert {p.values["seed"] for p in points} == {0, 1, 2}
     pairs = {(p.values["teacher"], p.values["student"]) for p in points if "teacher" in p.values}
-    pub = get_published("crd_dkd_cifar100")
     assert {f"{t} -> {s}" for t, s in pairs} == set(pub.rows)
     crd_kd = [p for p in points if p.label == "crd+kd"]
     assert all(p.values["method"] == "crd" and p.values["method.kd_weight"] == 1 for p in crd_kd)
@@ -196,3 +202,13 @@ def test_smoke_schedules_fit_their_epochs(composed, name):
         if s.name == "step":
             assert len(steps) == 3, ov                        # three decays, as the recipe
         assert s.warmup_epochs < s.epochs, ov
+
+
+def test_benchmark_points_are_the_generators():
+    """conf/experiment/crd_benchmark.yaml's points are written by tools/crd_benchmark_points.py."""
+    import subprocess
+    import sys
+
+    tool = CONF.parents[1] / "tools" / "crd_benchmark_points.py"
+    done = subprocess.run([sys.executable, str(tool), "--check"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout

@@ -160,8 +160,9 @@ _add(Published(
 
 # ------------------------------------------------------ CRD / DKD CIFAR-100 benchmark
 _CRD_SRC = ("RepDistiller README (Tian et al., CRD, ICLR 2020) and mdistiller README "
-            "(Zhao et al., DKD, CVPR 2022)")
-_CRD_COLS = ("vanilla", "kd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "crd+kd", "dkd", "ofd")
+            "(Zhao et al., DKD, CVPR 2022; DOT, ICCV 2023)")
+_CRD_COLS = ("vanilla", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp",
+             "nst", "crd", "crd+kd", "dkd", "ofd", "reviewkd", "kd+dot")
 #             teacher, vanilla, KD, FitNet, AT, SP, RKD, CRD, DKD, PKT
 _CRD = {
     "wrn_40_2 -> wrn_16_2": (75.61, 73.26, 74.92, 73.58, 74.08, 73.83, 73.35, 75.48, 76.23, 74.54),
@@ -187,13 +188,38 @@ for _r, (_t, _v, _kd, _fit, _at, _sp, _rkd, _crd, _dkd, _pkt) in _CRD.items():
     _vals.update({(_r, c): x for c, x in zip(
         ("vanilla", "kd", "fitnet", "at", "sp", "rkd", "pkt", "crd", "dkd"),
         (_v, _kd, _fit, _at, _sp, _rkd, _pkt, _crd, _dkd), strict=True) if x is not None})
+# RepDistiller README, its other methods, in the order of _CRD's rows (None: not printed).
+_REPD_MORE = {
+    "cc": (73.56, 72.21, 69.63, 69.48, 71.48, 72.97, 70.71, 64.86, 65.43, 70.25, 71.14, 71.29,
+           71.38),
+    "vid": (74.11, 73.30, 70.38, 70.16, 72.61, 73.09, 71.23, 65.56, 67.57, 70.30, 73.38, 73.40,
+            73.61),
+    "ab": (72.50, 72.38, 69.47, 69.53, 70.98, 73.17, 70.94, 66.06, 67.20, 70.65, 73.55, 74.31,
+           73.34),
+    "ft": (73.25, 71.59, 69.84, 70.22, 72.37, 72.86, 70.58, 61.78, 60.99, 70.29, 71.75, 72.50,
+           72.03),
+    "fsp": (72.91, None, 69.95, 70.11, 71.89, 72.62, 70.23, None, None, None, None, None, None),
+    "nst": (73.68, 72.24, 69.60, 69.53, 71.96, 73.30, 71.53, 58.16, 64.96, 71.28, 74.12, 74.68,
+            74.89),
+}
+for _c, _col in _REPD_MORE.items():
+    _vals.update({(_r, _c): x for _r, x in zip(_CRD, _col, strict=True) if x is not None})
+# ReviewKD (its paper's numbers, as other READMEs print them) and KD+DOT (mdistiller README).
+_vals.update({("resnet32x4 -> resnet8x4", "reviewkd"): 75.63,
+              ("wrn_40_2 -> wrn_16_2", "reviewkd"): 76.12,
+              ("resnet32x4 -> resnet8x4", "kd+dot"): 75.12, ("vgg13 -> vgg8", "kd+dot"): 73.77,
+              ("resnet32x4 -> ShuffleV2", "kd+dot"): 75.55})
 _add(Published(
     "crd_dkd_cifar100", _CRD_SRC, "CIFAR-100 benchmark: 13 teacher -> student pairs", "cifar100",
     tuple(_CRD), _CRD_COLS, _vals, teacher={r: v[0] for r, v in _CRD.items()},
-    student={r: v[1] for r, v in _CRD.items()}, measure="last", col_measure={"dkd": "best"},
-    note="RepDistiller reports the last epoch of one run; mdistiller (DKD) the mean of 5 runs of "
-         "the best epoch. No CRD+KD or OFD numbers in these READMEs. mdistiller labels its DKD "
-         "resnet32x4 -> ShuffleV2 column 'MobileNet-V2' (a typo: its config is res32x4_shuv2)."))
+    student={r: v[1] for r, v in _CRD.items()}, measure="last",
+    col_measure={"dkd": "best", "reviewkd": "best", "kd+dot": "best"},
+    note="RepDistiller reports the last epoch of one run; mdistiller (DKD, KD+DOT) the mean of 5 "
+         "runs of the best epoch. No CRD+KD, OFD or KD-SVD numbers in these READMEs; FSP only "
+         "for pairs of equal widths; ReviewKD's two numbers are its paper's, as the ND "
+         "repository's README quotes them (mdistiller's README prints none). mdistiller labels "
+         "its DKD resnet32x4 -> ShuffleV2 column 'MobileNet-V2' (a typo: its config is "
+         "res32x4_shuv2)."))
 
 # ------------------------------------------------------------------ Yahya-Abbas/ModReduce
 _MR = {  # teacher, student, Hinton KD, SemCKD, CRD, ModReduce (WAvg)
