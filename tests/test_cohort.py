@@ -35,8 +35,19 @@ def weights(result) -> dict[str, torch.Tensor]:
     return load_checkpoint(result.checkpoint.parent / "last.pt")["trainer"]["model"]
 
 
+#: The methods of RepDistiller's and mdistiller's zoo added later: without and with a pre-stage.
+ZOO = [["method=cc"], ["method=vid"], ["method=nst"], ["method=kdsvd"], ["method=reviewkd"]]
+PRESTAGE = [["method=ab", "method.init_epochs=1"], ["method=ft", "method.init_epochs=1"],
+            ["method=fsp", "method.init_epochs=1"]]
+
+
+@pytest.mark.parametrize("MEMBERS", [
+    MEMBERS,
+    pytest.param(ZOO, marks=pytest.mark.slow),
+    pytest.param(PRESTAGE, marks=pytest.mark.slow),
+], ids=["core", "zoo", "prestage"])
 def test_members_match_their_solo_runs_bit_for_bit(
-        compose, resnet14_teacher, tmp_path, monkeypatch):
+        compose, resnet14_teacher, tmp_path, monkeypatch, MEMBERS):
     base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}"]
     cfgs = [compose([*base, *m]) for m in MEMBERS]
     monkeypatch.chdir(tmp_path)

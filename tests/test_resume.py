@@ -38,21 +38,28 @@ def finished(p: subprocess.Popen) -> str:
     return out
 
 
-def only_run(cwd: Path):
+def only_run(cwd: Path, method: str = "kd"):
     mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
     client = MlflowClient()
     exp = client.get_experiment_by_name("kdsweep")
-    runs = client.search_runs([exp.experiment_id], "tags.method = 'kd'")
+    runs = client.search_runs([exp.experiment_id], f"tags.method = '{method}'")
     assert len(runs) == 1, [r.info.status for r in runs]
     return client, runs[0]
 
 
-def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path):
+@pytest.mark.parametrize("method", [
+    [],
+    # AB: 3 pre-stage epochs (its own optimiser, connectors + body), then 3 of the main schedule;
+    # the first checkpoint is written in the pre-stage, so the kill lands there or just after
+    ["method=ab", "method.init_epochs=3", "schedule.epochs=3"],
+], ids=["kd", "ab-prestage"])
+def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path, method):
     teacher = tmp_path / "teacher.pt"
     torch.manual_seed(0)
     save_checkpoint(teacher, {"arch": "resnet8", "num_classes": 10,
                               "model": create_model("resnet8", num_classes=10).state_dict()})
-    extra = [f"teacher.checkpoint={teacher}"]
+    extra = [f"teacher.checkpoint={teacher}", *method]
+    name = method[0].split("=")[1] if method else "kd"
     a, b = tmp_path / "uninterrupted", tmp_path / "killed"
     a.mkdir()
     b.mkdir()
@@ -68,7 +75,7 @@ def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert p.returncode == -signal.SIGKILL
-    client, killed = only_run(b)
+    client, killed = only_run(b, name)
     assert killed.info.status == "RUNNING"  # what a kill -9 leaves behind
     epoch_at_kill = load_checkpoint(killed.data.tags["kdsweep.resume_path"])["epoch"]
     assert 1 <= epoch_at_kill < 6
@@ -76,11 +83,11 @@ def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path):
     out = finished(launch(b, extra))
     assert f"resuming MLflow run {killed.info.run_id}" in out
 
-    client_b, run_b = only_run(b)
+    client_b, run_b = only_run(b, name)
     assert run_b.info.run_id == killed.info.run_id and run_b.info.status == "FINISHED"
     steps = [m.step for m in client_b.get_metric_history(run_b.info.run_id, "acc/val")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # nothing duplicated, nothing missing
-    client_a, run_a = only_run(a)
+    client_a, run_a = only_run(a, name)
     for key in ("best_val_acc", "final_val_acc", "final_train_acc", "best_epoch"):
         assert run_b.data.metrics[key] == run_a.data.metrics[key], key
     train_loss_a = [m.value for m in sorted(client_a.get_metric_history(run_a.info.run_id, "loss/train"),

@@ -29,7 +29,6 @@ from kdsweep.engine import (
     Cohort,
     Member,
     RngStream,
-    budget,
     describe_device,
     distributed,
     evaluate,
@@ -44,6 +43,7 @@ from kdsweep.engine.peers import PeerGroup
 from kdsweep.errors import ConfigError
 from kdsweep.models import count_macs, count_parameters, create_model
 from kdsweep.run import hooks, preflight, record, student_init
+from kdsweep.run.fit import fit_in_memory
 from kdsweep.run.plan import Job, Plan, RunResult
 from kdsweep.run.resume import Previous, find_finished, find_resumable, run_key
 from kdsweep.run.teachers import (
@@ -94,7 +94,7 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
                                                         device=rt.device)}
     for p in plans:
         p.member = _member(p, data, rt)
-    parts = _fit_in_memory(plans, data, rt, teacher)
+    parts = fit_in_memory(plans, data, rt.device, rt.dist.is_main, teacher)
     if len(parts) > 1:  # too big for the device: train it in consecutive cohorts that fit
         return _in_parts(plans, parts, data, rt.dist.is_main)
     cohort = _cohort(plans, data, teacher, rt)
@@ -353,37 +353,6 @@ def _member(p: Plan, data: DataBundle, rt: Runtime) -> Member:
                             arch=cfg.student.name, rng=RngStream(device)))
     return PeerGroup(record.run_name(p), peers, p.method, arch=cfg.student.name,
                      rng=RngStream(device))
-
-
-def _fit_in_memory(plans: Sequence[Plan], data: DataBundle, rt: Runtime,
-                   teacher: Teacher | None) -> list[list[Plan]]:
-    """The cohort, or its parts that fit the device's free memory (``train.fuse_memory``)."""
-    device = rt.device
-    if len(plans) == 1:
-        return [list(plans)]
-    x = next(iter(data.train))[0][:2]
-    cfg = plans[0].cfg
-    bs = int(cfg.schedule.batch_size)
-    needs = [len(getattr(p.member, "peers", [None]))  # a PeerGroup trains several students
-             * budget.member_bytes(p.member.student, p.method.extra_parameters(),
-                                   str(p.cfg.schedule.optimizer), bs, p.member.student, x)
-             for p in plans]
-    fixed = budget.teacher_bytes(teacher.model, teacher.model, x, bs) if teacher else 0
-    room = int(budget.available_bytes(device) * budget.SAFETY) - fixed
-    k = budget.fit_count(needs, room)
-    if rt.dist.is_main:
-        print(f"kdsweep: memory check: {len(plans)} runs need about "
-              f"{budget.fmt_bytes(sum(needs) + fixed)} on {device.type}, "
-              f"{budget.fmt_bytes(room + fixed)} is free: " + (
-                  "one cohort" if k >= len(plans) else f"at most {k} at once"), flush=True)
-    if k >= len(plans):
-        return [list(plans)]
-    if cfg.train.fuse_memory == "refuse":
-        raise ConfigError(
-            f"a cohort of {len(plans)} members needs about {budget.fmt_bytes(sum(needs) + fixed)} "
-            f"on {device.type} but {budget.fmt_bytes(room + fixed)} is free: at most {k} fit; set "
-            f"hydra.sweeper.fuse={k}, or train.fuse_memory=split to train it in parts")
-    return [list(plans[i:i + k]) for i in range(0, len(plans), k)]
 
 
 def _resume_state(p: Plan, main: bool = True) -> None:
