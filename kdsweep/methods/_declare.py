@@ -159,7 +159,7 @@ def _declared_type(hint: Any) -> tuple[Any, bool, tuple[Any, ...]]:
 
 
 @functools.cache
-def _hparams_of(init: Callable[..., Any]) -> tuple[HParam, ...]:
+def hparams_of(init: Callable[..., Any]) -> tuple[HParam, ...]:
     hints = typing.get_type_hints(init, include_extras=True)
     out = []
     for p in list(inspect.signature(init).parameters.values())[1:]:

@@ -35,7 +35,7 @@ from kdsweep.methods._declare import (  # noqa: F401  (re-exported: methods impo
     Range,
     Temperature,
     Weight,
-    _hparams_of,
+    hparams_of,
 )
 from kdsweep.methods.logits import logit_terms
 from kdsweep.models import ModelOutput
@@ -43,7 +43,7 @@ from kdsweep.models import ModelOutput
 
 def hparams(cls: type[Method]) -> tuple[HParam, ...]:
     """The hyper-parameters ``cls`` declares (its ``__init__`` keyword arguments)."""
-    return _hparams_of(inspect.unwrap(cls.__init__))
+    return hparams_of(inspect.unwrap(cls.__init__))
 
 
 # ------------------------------------------------------------------------------- interface
@@ -106,7 +106,7 @@ class Method(nn.Module):
         def checked_init(self: Method, *args: Any, **kw: Any) -> None:
             if type(self).__init__ is checked_init:  # check once, in the most derived class
                 bound = inspect.signature(init).bind(self, *args, **kw)
-                for hp in _hparams_of(init):
+                for hp in hparams_of(init):
                     if hp.name in bound.arguments:
                         bound.arguments[hp.name] = hp.check(bound.arguments[hp.name])
                 args, kw = bound.args[1:], bound.kwargs
