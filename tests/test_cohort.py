@@ -37,8 +37,11 @@ def weights(result) -> dict[str, torch.Tensor]:
 
 #: The methods of RepDistiller's and mdistiller's zoo added later: without and with a pre-stage.
 ZOO = [["method=cc"], ["method=vid"], ["method=nst"], ["method=kdsvd"], ["method=reviewkd"]]
+# Trials that differ in main-stage weights only train their pre-stage once (the second ab and ft).
 PRESTAGE = [["method=ab", "method.init_epochs=1"], ["method=ft", "method.init_epochs=1"],
-            ["method=fsp", "method.init_epochs=1"]]
+            ["method=fsp", "method.init_epochs=1"],
+            ["method=ab", "method.init_epochs=1", "method.kd_weight=1"],
+            ["method=ft", "method.init_epochs=1", "method.feat_weight=100"]]
 
 
 @pytest.mark.parametrize("MEMBERS", [
@@ -47,7 +50,7 @@ PRESTAGE = [["method=ab", "method.init_epochs=1"], ["method=ft", "method.init_ep
     pytest.param(PRESTAGE, marks=pytest.mark.slow),
 ], ids=["core", "zoo", "prestage"])
 def test_members_match_their_solo_runs_bit_for_bit(
-        compose, resnet14_teacher, tmp_path, monkeypatch, MEMBERS):
+        compose, resnet14_teacher, tmp_path, monkeypatch, MEMBERS, caplog):
     base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}"]
     cfgs = [compose([*base, *m]) for m in MEMBERS]
     monkeypatch.chdir(tmp_path)
@@ -59,8 +62,11 @@ def test_members_match_their_solo_runs_bit_for_bit(
     fused_uri = f"sqlite:///{tmp_path / 'fused.db'}"
     jobs = [Job(compose([*base, *m, f"tracking.uri={fused_uri}"]), tmp_path / f"fused{i}", m)
             for i, m in enumerate(MEMBERS)]
-    fused = run_cohort(jobs)
+    with caplog.at_level("INFO", logger="kdsweep.engine.cohort"):
+        fused = run_cohort(jobs)
     assert len(cfgs) == len(fused) and all(r.status == "done" for r in fused)
+    if MEMBERS is PRESTAGE:
+        assert "pre-stage: 3 of 5 runs train it" in caplog.text
     cs, cf = MlflowClient(solo_uri), MlflowClient(fused_uri)
     for s, f in zip(solo, fused, strict=True):
         hs, hf = history(cs, s.run_id), history(cf, f.run_id)

@@ -188,9 +188,28 @@ class Cohort:
             return f"pre-stage {epoch + 1}/{self.init_epochs}"
         return f"epoch {epoch - self.init_epochs + 1}/{self.epochs}"
 
+    def _shared_prestage(self, epoch: int, active: list[Member]) -> dict[Member, Member]:
+        """follower -> leader for the members whose pre-stage epoch is the same computation (FT's
+        paraphraser, or AB's connectors and student, of trials that differ in main-stage weights
+        only): the leader trains it, the followers take its state (:meth:`Member.copy_prestage`)."""
+        if epoch >= self.init_epochs or len(active) < 2:
+            return {}
+        leaders: dict[str, Member] = {}
+        followers = {}
+        for m in active:
+            leader = leaders.setdefault(m.prestage_digest(), m)
+            if leader is not m:
+                followers[m] = leader
+        if followers and epoch == min(m.start_epoch for m in active):
+            log.info("pre-stage: %d of %d runs train it, the others take their results (same "
+                     "pre-stage, same state)", len(active) - len(followers), len(active))
+        return followers
+
     def _train_epoch(self, epoch: int, active: list[Member]) -> dict[Member, dict[str, float]]:
         for m in active:
             m.begin_epoch(self.device, epoch)
+        followers = self._shared_prestage(epoch, active)
+        stepping = [m for m in active if m not in followers]
         self.data.train.set_epoch(epoch)
         bar = tqdm(total=self.steps_per_epoch, desc=self.epoch_label(epoch),
                    disable=None if self.progress is None else not self.progress, leave=False,
@@ -199,7 +218,7 @@ class Cohort:
         refresh = max(1, self.steps_per_epoch // 25)
         seen, start = 0, time.perf_counter()
         for i, (x, y, idx) in enumerate(limited(self.data.train, self.limit_train)):
-            live = [m for m in active if m.active]
+            live = [m for m in stepping if m.active]
             if not live:
                 break
             t_out = self._teacher_out(x, live)
@@ -216,8 +235,10 @@ class Cohort:
                     m.check_finite(epoch)
             if (i + 1) % refresh == 0 or last:
                 bar.set_postfix_str(self._postfix(live, seen, time.perf_counter() - start))
-        for m in active:  # a non-finite step between the last check and the epoch's end
+        for m in stepping:  # a non-finite step between the last check and the epoch's end
             m.check_finite(epoch)
+        for m, leader in followers.items():
+            m.copy_prestage(leader)
         seconds = time.perf_counter() - start
         bar.close()
         shared = {"images_per_s": seen * self.step.dist.world / max(seconds, 1e-9),

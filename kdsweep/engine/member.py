@@ -8,7 +8,9 @@ sampling) from its own stream, so a member computes bit for bit what it would co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,10 +24,22 @@ from kdsweep.engine.forward import Forward, evaluate
 from kdsweep.engine.optim import build_optimizer, build_scheduler
 from kdsweep.engine.state import FitResult, RngStream
 from kdsweep.errors import TrainingDiverged
-from kdsweep.methods import BuildContext, Method, StepInfo
+from kdsweep.methods import BuildContext, Method, StepInfo, hparams
 from kdsweep.models import ModelOutput, get_spec, resolve_module
 
 ACTIVE, DONE, PRUNED, DIVERGED, FAILED = "active", "done", "pruned", "diverged", "failed"
+
+
+def _tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """(path, tensor) of every tensor in nested dicts/lists, in a fixed order."""
+    if isinstance(tree, Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for k in sorted(tree, key=str):
+            yield from _tensors(tree[k], f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _tensors(v, f"{prefix}/{i}")
 
 
 def student_body(student: nn.Module, arch: str) -> list[nn.Parameter]:
@@ -197,6 +211,38 @@ class Member:
 
     def in_prestage(self, epoch: int) -> bool:
         return epoch < self.init_epochs
+
+    def prestage_digest(self) -> str:
+        """Equal for two members whose next pre-stage epoch computes the same thing: the same
+        method and pre-stage options, and bit for bit the same weights, buffers, optimiser state,
+        RNG stream and step count (so sharing it cannot change a result)."""
+        h = hashlib.sha256()
+        options = {hp.name: getattr(self.method, hp.name, None) for hp in hparams(type(self.method))
+                   if hp.name not in self.method.main_stage_options}
+        h.update(repr((type(self.method).__qualname__, self.arch, options, self.global_step,
+                       self.init_trains_student, self.init_optimizer.param_groups[0]["lr"],
+                       self.init_optimizer.param_groups[0]["momentum"],
+                       self.init_optimizer.param_groups[0]["weight_decay"],
+                       self.scaler.state_dict())).encode())
+        state = {"s": self.student.state_dict(), "m": self.method.state_dict(),
+                 "o": self.init_optimizer.state_dict()["state"], "r": self.rng.state_dict()}
+        for key, tensor in _tensors(state):
+            h.update(key.encode())
+            h.update(repr((tensor.dtype, tuple(tensor.shape))).encode())
+            h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+
+    def copy_prestage(self, leader: Member) -> None:
+        """Take the state ``leader`` reached in a pre-stage epoch this member shared with it."""
+        self.student.load_state_dict(leader.student.state_dict())
+        self.method.load_state_dict(leader.method.state_dict())
+        self.init_optimizer.load_state_dict(copy.deepcopy(leader.init_optimizer.state_dict()))
+        self.rng.load_state_dict(copy.deepcopy(leader.rng.state_dict()))
+        if leader.scaler.is_enabled():
+            self.scaler.load_state_dict(leader.scaler.state_dict())
+        self.global_step, self.sums = leader.global_step, leader.sums
+        if not leader.active:
+            self.stop(leader.status, leader.error)
 
     def begin_epoch(self, device: torch.device, epoch: int = -1) -> None:
         self.student.train(not self.in_prestage(epoch) or self.init_trains_student)

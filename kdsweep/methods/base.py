@@ -134,6 +134,9 @@ class Method(nn.Module):
     #: Epochs trained before the main schedule with :meth:`init_forward` as the loss; a method with
     #: a pre-stage declares an ``init_epochs`` hyper-parameter and stores it here.
     init_epochs: int = 0
+    #: Options the pre-stage does not read (the main stage's weights): members of a cohort that
+    #: differ only in these, and start from the same state, train the pre-stage once.
+    main_stage_options: ClassVar[tuple[str, ...]] = ("feat_weight", "ce_weight", "kd_weight", "T")
 
     def init_parameters(self, body: list[nn.Parameter]) -> list[nn.Parameter]:
         """What the pre-stage trains: some of the method's own parameters and/or ``body`` (the
