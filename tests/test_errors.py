@@ -107,6 +107,23 @@ def test_the_registries_suggest_close_names_only():
         create_method({"name": "kd", "temp": 2})
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["method=fsp", "teacher=wrn_40_2", "student=wrn_40_1"],
+     "error: method 'fsp' cannot serve the pair wrn_40_2 -> wrn_40_1: its FSP matrices need equal "
+     "channel counts at every map f0..fn; teacher [16, 32, 64, 128], student [16, 16, 32, 64]\n"),
+    (["method=kdsvd", "teacher=resnet32x4", "student=ShuffleV1"],
+     "error: method 'kdsvd' cannot serve the pair (resnet32x4 -> ShuffleV1): it needs equal channel "
+     "counts at the paired stages; teacher [64, 128, 256], student [240, 480, 960]\n"),
+])
+def test_a_pair_the_method_cannot_serve_is_refused_before_any_work(argv, expected, tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), *argv], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    assert p.returncode == 2, p.stderr
+    assert p.stderr == expected and len(expected) < 200
+    assert not any(tmp_path.iterdir()), "a refused run wrote something"
+
+
 def test_run_py_prints_the_suggestion_in_one_line_and_exits_2(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), "teacher=wrn-28-4"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120,

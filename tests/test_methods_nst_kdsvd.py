@@ -281,7 +281,8 @@ def test_kdsvd_pairs_the_deepest_stages():
 
 @pytest.mark.parametrize("s_shapes,t_shapes,cfg,match", [
     ([(4, 4, 4), (6, 4, 4)], [(4, 4, 4), (8, 4, 4)], {},
-     r"needs equal channel counts.*student stages C x H x W \[4x4x4, 6x4x4\], teacher \[4x4x4, 8x4x4\]"),
+     r"cannot serve the pair: it needs equal channel counts at the paired stages; teacher "
+     r"\[4, 8\], student \[4, 6\]"),
     ([(4, 4, 4)], [(4, 4, 4), (4, 4, 4)], {}, "needs at least 2 stage features of the student"),
     ([(4, 4, 4), (6, 2, 2)], [(4, 4, 4), (6, 1, 2)], {"k": 3},
      r"method.k=3 exceeds min\(C, H\*W\)=2 of the teacher's stage 6x1x2"),

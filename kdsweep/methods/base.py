@@ -95,6 +95,9 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     #: True when the method reads stage features; otherwise the engine calls ``model(x)`` only.
     needs_features: ClassVar[bool] = False
+    #: True when :meth:`build` refuses some teacher -> student pairs (FSP's and KD-SVD's equal
+    #: channel counts): the checks before any work then build it on a dry run of the two models.
+    checks_pair: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

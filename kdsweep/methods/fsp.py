@@ -74,6 +74,8 @@ class FSP(FeatureMethod):
         self.feat_weight, self.init_epochs = feat_weight, init_epochs
         self._init_logits(ce_weight, kd_weight, T)
 
+    checks_pair = True
+
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
               context: BuildContext) -> None:
         require_features(self.name, student_out, "student")

@@ -140,10 +140,6 @@ def kdsvd_loss(g_s: Sequence[Tensor], g_t: Sequence[Tensor], k: int) -> Tensor:
     return loss / g_s[0].shape[0]
 
 
-def _shapes(feats: Sequence[Tensor]) -> str:
-    return ", ".join("x".join(str(d) for d in f.shape[1:]) for f in feats)
-
-
 @register_method("kdsvd")
 class KDSVD(FeatureMethod):
     """Self-supervised Knowledge Distillation using Singular Value Decomposition, Lee, Kim & Song,
@@ -199,9 +195,9 @@ class KDSVD(FeatureMethod):
             names = f" ({context.teacher_arch} -> {context.student_arch})"
         if [f.shape[1] for f in g_s] != [f.shape[1] for f in g_t]:
             raise ConfigError(
-                f"method 'kdsvd' needs equal channel counts at the paired stages (it compares the "
-                f"C x C' RBF matrices of consecutive stages entry by entry); the pair{names} has "
-                f"student stages C x H x W [{_shapes(g_s)}], teacher [{_shapes(g_t)}]")
+                f"method 'kdsvd' cannot serve the pair{names}: it needs equal channel counts at "
+                f"the paired stages; teacher {[f.shape[1] for f in g_t]}, student "
+                f"{[f.shape[1] for f in g_s]}")
         for f in g_t:
             rank = min(f.shape[1], f.shape[2] * f.shape[3])
             if self.k > rank:
@@ -209,6 +205,8 @@ class KDSVD(FeatureMethod):
                     f"method.k={self.k} exceeds min(C, H*W)={rank} of the teacher's stage "
                     f"{'x'.join(str(d) for d in f.shape[1:])}{names}; use method.k<={rank}")
         return g_s, g_t
+
+    checks_pair = True
 
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
               context: BuildContext) -> None:

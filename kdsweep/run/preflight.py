@@ -19,12 +19,16 @@ the tracking URI (scheme, SQLite file, a server that accepts connections).
 
 from __future__ import annotations
 
+import functools
+
+import torch
 from omegaconf import DictConfig
 
 from kdsweep.config import validate
 from kdsweep.data import check_dataset
 from kdsweep.engine import check_checkpoint_file
-from kdsweep.methods import Method, create_method
+from kdsweep.methods import BuildContext, Method, create_method
+from kdsweep.models import FeatureTap, ModelOutput, create_model, get_spec
 from kdsweep.run import hooks, student_init
 from kdsweep.tracking import check_uri, sqlite_path
 from kdsweep.tracking.store import check_sqlite_file
@@ -35,6 +39,7 @@ def check_run(cfg: DictConfig) -> Method:
     validate(cfg)
     check_dataset(cfg.dataset)
     method = create_method(cfg.method)
+    check_pair(cfg, method)
     checkpoint = cfg.teacher.get("checkpoint") if cfg.get("teacher") else None
     if method.needs_teacher and checkpoint:
         check_checkpoint_file(checkpoint)
@@ -49,4 +54,24 @@ def check_run(cfg: DictConfig) -> Method:
     return method
 
 
-__all__ = ["check_run"]
+@functools.cache
+def _dry_outputs(arch: str) -> ModelOutput:
+    """One image through a fresh ``arch`` (its feature shapes), built without touching the
+    caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        size = min(get_spec(arch).input_size, 64)
+        return FeatureTap(create_model(arch, num_classes=10), arch).dry_run(size)
+
+
+def check_pair(cfg: DictConfig, method: Method) -> None:
+    """A method that refuses some pairs (``checks_pair``) builds on dry runs of the two models
+    here, so a pair it cannot serve is refused before any work, in its own words."""
+    if not (method.checks_pair and method.needs_teacher and cfg.get("teacher")):
+        return
+    t, s = str(cfg.teacher.name), str(cfg.student.name)
+    ctx = BuildContext(num_train=1, num_classes=10, epochs=1, steps_per_epoch=1, teacher_arch=t,
+                       student_arch=s)
+    create_method(cfg.method).build(_dry_outputs(s), _dry_outputs(t), ctx)
+
+
+__all__ = ["check_pair", "check_run"]
