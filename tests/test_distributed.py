@@ -86,3 +86,31 @@ def test_global_batch_with_and_without_batch_per_rank(compose, per_rank, global_
     cfg = compose(["schedule.batch_size=64", f"train.batch_per_rank={str(per_rank).lower()}"])
     rt = Runtime(torch.device("cpu"), None, "", DistEnv(rank=1, world=2))
     assert _global_batch(cfg, rt) == global_batch
+
+
+@pytest.mark.parametrize("extra", [
+    ["method=ab", "method.init_epochs=1", "schedule.epochs=1"],  # a pre-stage, then the main stage
+    ["method=reviewkd"],
+    ["method=vid"],
+    ["method=kd", "schedule.optimizer=dot"],
+], ids=["ab", "reviewkd", "vid", "kd+dot"])
+def test_the_newer_methods_run_under_torchrun(tmp_path, extra):
+    """Each of RepDistiller's and mdistiller's later methods (and DOT) trains with two gloo
+    processes: one recorded run, every epoch logged, finite losses."""
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "t.pt", {"arch": "resnet14", "num_classes": 10,
+                                        "model": create_model("resnet14", num_classes=10).state_dict()})
+    uri = f"sqlite:///{tmp_path / 'ddp'}.db"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    p = subprocess.run([*torchrun, str(ROOT / "run.py"), *ARGS, *extra,
+                        f"teacher.checkpoint={tmp_path}/t.pt", f"tracking.uri={uri}",
+                        f"hydra.run.dir={tmp_path}/ddp"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    client = MlflowClient(uri)
+    method = extra[0].split("=")[1]
+    runs = [r for r in client.search_runs(["1"]) if r.data.tags.get("method") == method]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED", "rank 1 must not record a run"
+    hist = losses(client, runs[0])
+    assert len(hist) == 2 and all(torch.isfinite(torch.tensor(hist)))
