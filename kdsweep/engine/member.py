@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,24 +22,12 @@ from kdsweep.engine.distributed import SINGLE, DistEnv, any_true, average_gradie
 from kdsweep.engine.dot import DOT
 from kdsweep.engine.forward import Forward, evaluate
 from kdsweep.engine.optim import build_optimizer, build_scheduler
-from kdsweep.engine.state import FitResult, RngStream
-from kdsweep.errors import TrainingDiverged
+from kdsweep.engine.state import FitResult, RngStream, tensors
+from kdsweep.errors import ConfigError, TrainingDiverged
 from kdsweep.methods import BuildContext, Method, StepInfo, hparams
 from kdsweep.models import ModelOutput, get_spec, resolve_module
 
 ACTIVE, DONE, PRUNED, DIVERGED, FAILED = "active", "done", "pruned", "diverged", "failed"
-
-
-def _tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
-    """(path, tensor) of every tensor in nested dicts/lists, in a fixed order."""
-    if isinstance(tree, Tensor):
-        yield prefix, tree
-    elif isinstance(tree, dict):
-        for k in sorted(tree, key=str):
-            yield from _tensors(tree[k], f"{prefix}/{k}")
-    elif isinstance(tree, (list, tuple)):
-        for i, v in enumerate(tree):
-            yield from _tensors(v, f"{prefix}/{i}")
 
 
 def student_body(student: nn.Module, arch: str) -> list[nn.Parameter]:
@@ -226,7 +214,7 @@ class Member:
                        self.scaler.state_dict())).encode())
         state = {"s": self.student.state_dict(), "m": self.method.state_dict(),
                  "o": self.init_optimizer.state_dict()["state"], "r": self.rng.state_dict()}
-        for key, tensor in _tensors(state):
+        for key, tensor in tensors(state):
             h.update(key.encode())
             h.update(repr((tensor.dtype, tuple(tensor.shape))).encode())
             h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -318,6 +306,9 @@ class Member:
         the distillation terms (all but ``ce``) and the task term are backpropagated apart."""
         self.optimizer.zero_grad(set_to_none=True)
         if isinstance(self.optimizer, DOT) and terms is not None:
+            if "ce" not in terms and self.scaler.is_enabled():  # no task gradient to unscale
+                raise ConfigError("schedule.optimizer=dot with fp16 loss scaling needs a ce term "
+                                  "(method.ce_weight > 0); or use precision=bf16 or fp32")
             distill = [v for k, v in terms.items() if k != "ce"]
             if distill:
                 self.scaler.scale(sum(distill)).backward(retain_graph="ce" in terms)

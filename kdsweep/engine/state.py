@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import Tensor
 
 
 @dataclass
@@ -75,3 +76,15 @@ class RngStream:
         self.cpu = state["cpu"]
         if state.get("cuda") is not None and self.device.type == "cuda":
             self.cuda = state["cuda"]
+
+
+def tensors(tree: Any, prefix: str = "") -> Iterator[tuple[str, Tensor]]:
+    """(path, tensor) of every tensor in nested dicts/lists, in a fixed order."""
+    if isinstance(tree, Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for k in sorted(tree, key=str):
+            yield from tensors(tree[k], f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from tensors(v, f"{prefix}/{i}")
