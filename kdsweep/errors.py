@@ -63,7 +63,7 @@ def close_matches(word: str, names: Iterable[str], n: int = 3) -> list[str]:
 
     A name equal to ``word`` but for case, ``_`` and ``-`` (``wrn-28-4``: ``wrn_28_4``) is the
     only answer; else the names that :mod:`difflib` rates at least 0.75 alike, and no more than
-    0.1 below the best of them. The one rule of every did-you-mean of kdsweep's error lines.
+    0.04 below the best of them. The one rule of every did-you-mean of kdsweep's error lines.
     """
     keyed: dict[str, list[str]] = {}
     for name in names:
@@ -74,4 +74,4 @@ def close_matches(word: str, names: Iterable[str], n: int = 3) -> list[str]:
     scored = sorted(((difflib.SequenceMatcher(None, key, k).ratio(), k) for k in keyed),
                     key=lambda t: -t[0])
     best = scored[0][0] if scored else 0.0
-    return [name for r, k in scored if r >= max(0.75, best - 0.1) for name in keyed[k]][:n]
+    return [name for r, k in scored if r >= max(0.75, best - 0.04) for name in keyed[k]][:n]
