@@ -91,9 +91,8 @@ def test_global_batch_with_and_without_batch_per_rank(compose, per_rank, global_
 @pytest.mark.parametrize("extra", [
     ["method=ab", "method.init_epochs=1", "schedule.epochs=1"],  # a pre-stage, then the main stage
     ["method=reviewkd"],
-    ["method=vid"],
     ["method=kd", "schedule.optimizer=dot"],
-], ids=["ab", "reviewkd", "vid", "kd+dot"])
+], ids=["ab", "reviewkd", "kd+dot"])
 def test_the_newer_methods_run_under_torchrun(tmp_path, extra):
     """Each of RepDistiller's and mdistiller's later methods (and DOT) trains with two gloo
     processes: one recorded run, every epoch logged, finite losses."""

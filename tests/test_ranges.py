@@ -27,7 +27,7 @@ ACCEPTS: dict[str, set[str]] = {
     "schedule.momentum": {"zero"}, "schedule.weight_decay": {"zero"},
     "schedule.milestones": {"zero", "huge"},  # a milestone past the last epoch never fires
     "schedule.gamma": set(), "schedule.min_lr": {"zero"}, "schedule.warmup_epochs": {"zero"},
-    "schedule.warmup_start_factor": set(),
+    "schedule.warmup_start_factor": set(), "schedule.dot_delta": {"zero"},
     "seed": {"zero", "huge"}, "cpu_threads": set(),
     "train.limit_train_batches": set(), "train.limit_val_batches": set(),
     "train.checkpoint_every": {"zero"},

@@ -106,6 +106,11 @@ def validate(cfg: Mapping[str, Any]) -> None:
             f"schedule.warmup_epochs={float(s.get('warmup_epochs')):g} must be shorter than "
             f"schedule.epochs={epochs}"
         )
+    if s.get("dot_delta") is not None:
+        _positive("schedule.dot_delta", s.get("dot_delta"), allow_zero=True)
+        if float(s["dot_delta"]) > 1:
+            raise ConfigError(f"schedule.dot_delta={s['dot_delta']!r} must be in [0, 1]: DOT's "
+                              "momenta are schedule.momentum -/+ dot_delta")
     if str(s.get("optimizer", "sgd")).lower() == "dot":
         check_dot(float(s["lr"]), float(s.get("momentum") or 0), float(s.get("dot_delta", 0.075)),
                   float(s.get("weight_decay") or 0))
