@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kdsweep.engine import save_checkpoint
-from kdsweep.methods import list_methods
+from kdsweep.methods import create_method, list_methods
 from kdsweep.models import create_model
 from kdsweep.run import run
 
@@ -40,3 +40,6 @@ def test_method_short_run_logs_its_loss_terms(method, compose, mlflow_uri, tmp_p
     if pre:  # the pre-stage is step 1 (its own terms), the main schedule step 2
         assert [m.step for m in MlflowClient().get_metric_history(res.run_id, "acc/val")] == [1, 2]
         assert any(k.startswith("loss/init_") for k in r.data.metrics)
+        lr = [m.value for m in MlflowClient().get_metric_history(res.run_id, "opt/lr") if m.step == 1]
+        init_lr = getattr(create_method(cfg.method), "init_lr", None)  # FT: RepDistiller's 0.01
+        assert lr == [init_lr if init_lr is not None else cfg.schedule.lr]

@@ -73,6 +73,8 @@ def points() -> list[str]:
             for label, over in METHODS.items():
                 if label == "fsp" and (t, s) not in FSP_PAIRS:
                     continue
+                if label == "ft" and s.startswith("vgg"):  # RepDistiller: the run's LR there
+                    over = {**over, "method.init_lr": 0.05}
                 lines.append(_point(label, {"teacher": t, "student": s, **over, **lr,
                                             "seed": seed}))
     return lines

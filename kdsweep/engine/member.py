@@ -190,7 +190,8 @@ class Member:
             raise ValueError(f"{self.method.name}: init_epochs > 0 but init_parameters() is empty")
         body_ids = {id(p) for p in body}
         self.init_trains_student = any(id(p) in body_ids for p in params)
-        cfg = {"optimizer": "sgd", "lr": self.schedule.get("lr", 0.05),
+        lr = self.method.init_lr if self.method.init_lr is not None else self.schedule.get("lr")
+        cfg = {"optimizer": "sgd", "lr": 0.05 if lr is None else lr,
                "momentum": self.schedule.get("momentum", 0.9),
                "weight_decay": self.schedule.get("weight_decay", 5e-4), "nesterov": False}
         self.init_optimizer = build_optimizer(params, cfg, device=step.device)

@@ -137,6 +137,8 @@ class Method(nn.Module):
     #: Epochs trained before the main schedule with :meth:`init_forward` as the loss; a method with
     #: a pre-stage declares an ``init_epochs`` hyper-parameter and stores it here.
     init_epochs: int = 0
+    #: The pre-stage's learning rate; None: the schedule's ``lr`` (FT declares its own).
+    init_lr: float | None = None
     #: Options the pre-stage does not read (the main stage's weights): members of a cohort that
     #: differ only in these, and start from the same state, train the pre-stage once.
     main_stage_options: ClassVar[tuple[str, ...]] = ("feat_weight", "ce_weight", "kd_weight", "T")
@@ -144,9 +146,10 @@ class Method(nn.Module):
     def init_parameters(self, body: list[nn.Parameter]) -> list[nn.Parameter]:
         """What the pre-stage trains: some of the method's own parameters and/or ``body`` (the
         student's parameters except its classifier's, RepDistiller's ``get_feat_modules()``).
-        The engine optimises them with SGD at the schedule's ``lr``, ``momentum`` and
-        ``weight_decay``, constant (RepDistiller's ``init()``); the student runs in train mode
-        when some of ``body`` is returned, else in eval mode without gradients."""
+        The engine optimises them with SGD at ``init_lr`` (else the schedule's ``lr``), the
+        schedule's ``momentum`` and ``weight_decay``, constant (RepDistiller's ``init()``); the
+        student runs in train mode when some of ``body`` is returned, else in eval mode without
+        gradients."""
         return []
 
     def init_forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,

@@ -113,21 +113,23 @@ class FT(FeatureMethod):
     ``init_epochs=0`` the paraphraser stays at its random initialisation (as in RepDistiller).
 
     Defaults: ``feat_weight 200`` (``-b 200``), ``rate 0.5`` (``k=0.5``), ``init_epochs 30``
-    (``--init_epochs 30``), ``ce 1, kd 0, T 4`` (``-a 0``). Logged terms: ``init_rec``
+    (``--init_epochs 30``), ``init_lr 0.01`` (RepDistiller's ``init()`` trains the paraphraser at
+    0.01 for its ResNet/WRN students, at the run's LR otherwise: 0.01 for MobileNetV2/ShuffleNet,
+    0.05 for vgg; null: the schedule's LR), ``ce 1, kd 0, T 4`` (``-a 0``). Logged terms: ``init_rec``
     (pre-stage), ``ce``, ``ft``, ``kd`` when ``kd_weight > 0``.
 
     Deviations: ``phi`` is the code's (channel mean of the squared factor, then L2-normalised);
-    the paper normalises the whole flattened factor. RepDistiller trains the paraphraser at
-    lr 0.01 for its CIFAR ResNet/WRN students; here the pre-stage uses the schedule's lr. The
-    pooling target is the smaller map's full (H, W) (the code pools to a square ``(H, H)``).
+    the paper normalises the whole flattened factor. The pooling target is the smaller map's full (H, W) (the code pools to a square ``(H, H)``).
     """
 
     def __init__(self, feat_weight: Weight = 200.0,
                  rate: Annotated[float, Range(0.0, lo_open=True)] = 0.5,
                  init_epochs: Annotated[int, Range(0)] = 30,
+                 init_lr: Annotated[float, Range(0.0, lo_open=True)] | None = 0.01,
                  ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
         self.feat_weight, self.rate, self.init_epochs = feat_weight, rate, init_epochs
+        self.init_lr = init_lr
         self._init_logits(ce_weight, kd_weight, T)
         self.paraphraser: Paraphraser | None = None
         self.translator: Translator | None = None
