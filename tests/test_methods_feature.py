@@ -403,6 +403,8 @@ def test_multi_of_logit_methods_needs_no_features():
     ({"nope": {}}, "is not a known method"),
     ({}, "needs at least one method"),
     ({"a.b": {"name": "at"}}, "not a valid term namespace"),
+    ({"kd": {}, "ft": {"ce_weight": 0}}, r"method.methods.ft: ft's pre-stage does not run inside "
+                                         r"multi; set method.methods.ft.init_epochs=0"),
 ])
 def test_multi_refuses_bad_configs(methods, match):
     with pytest.raises(ConfigError, match=match):

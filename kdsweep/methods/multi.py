@@ -111,6 +111,10 @@ class Multi(Method):
                 parts[ns] = create_method(cfg)
             except ConfigError as e:
                 raise ConfigError(f"method.methods.{ns}: {e}") from None
+            if parts[ns].init_epochs:  # the pre-stage is the run's, not a part's
+                raise ConfigError(f"method.methods.{ns}: {cfg['name']}'s pre-stage does not run "
+                                  f"inside multi; set method.methods.{ns}.init_epochs=0, or run "
+                                  f"method={cfg['name']} alone")
         self.parts = nn.ModuleDict(parts)
         self.needs_teacher = any(m.needs_teacher for m in parts.values())
         self.needs_features = any(m.needs_features for m in parts.values())
