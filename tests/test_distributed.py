@@ -88,28 +88,49 @@ def test_global_batch_with_and_without_batch_per_rank(compose, per_rank, global_
     assert _global_batch(cfg, rt) == global_batch
 
 
-@pytest.mark.parametrize("extra", [
-    ["method=ab", "method.init_epochs=1", "schedule.epochs=1"],  # a pre-stage, then the main stage
-    ["method=reviewkd"],
-    ["method=kd", "schedule.optimizer=dot"],
-], ids=["ab", "reviewkd", "kd+dot"])
-def test_the_newer_methods_run_under_torchrun(tmp_path, extra):
-    """Each of RepDistiller's and mdistiller's later methods (and DOT) trains with two gloo
-    processes: one recorded run, every epoch logged, finite losses."""
+COHORT_SCRIPT = """
+import sys
+from hydra import compose, initialize_config_dir
+from kdsweep.config import register_configs
+from kdsweep.run import Job, run_cohort
+
+root, base, members = sys.argv[1], sys.argv[2].split(), [m.split() for m in sys.argv[3:]]
+register_configs()
+with initialize_config_dir(config_dir=root + "/conf", version_base="1.3"):
+    jobs = [Job(compose("config", overrides=[*base, *m]), f"out{i}", m)
+            for i, m in enumerate(members)]
+results = run_cohort(jobs)
+assert all(r.status == "done" for r in results), [(r.status, r.error) for r in results]
+"""
+
+
+@pytest.mark.parametrize("members", [
+    ["method=cc", "method=vid", "method=nst", "method=kdsvd", "method=reviewkd"],
+    ["method=ab method.init_epochs=1", "method=ft method.init_epochs=1",
+     "method=fsp method.init_epochs=1"],  # one pre-stage epoch, then the main schedule
+    ["method=kd schedule.optimizer=dot"],
+], ids=["zoo", "prestage", "kd+dot"])
+def test_the_newer_methods_train_under_torchrun(tmp_path, members):
+    """RepDistiller's and mdistiller's later methods (and DOT) train with two gloo processes, as
+    one fused cohort: each member one recorded run, every epoch logged, finite losses."""
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "t.pt", {"arch": "resnet14", "num_classes": 10,
                                         "model": create_model("resnet14", num_classes=10).state_dict()})
     uri = f"sqlite:///{tmp_path / 'ddp'}.db"
+    base = [*ARGS[1:], "schedule.epochs=1", f"teacher.checkpoint={tmp_path}/t.pt",
+            f"tracking.uri={uri}"]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "cohort.py").write_text(COHORT_SCRIPT)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    p = subprocess.run([*torchrun, str(ROOT / "run.py"), *ARGS, *extra,
-                        f"teacher.checkpoint={tmp_path}/t.pt", f"tracking.uri={uri}",
-                        f"hydra.run.dir={tmp_path}/ddp"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([*torchrun, str(tmp_path / "cohort.py"), str(ROOT), " ".join(base),
+                        *members], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     client = MlflowClient(uri)
-    method = extra[0].split("=")[1]
-    runs = [r for r in client.search_runs(["1"]) if r.data.tags.get("method") == method]
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED", "rank 1 must not record a run"
-    hist = losses(client, runs[0])
-    assert len(hist) == 2 and all(torch.isfinite(torch.tensor(hist)))
+    for m in members:
+        method = m.split()[0].split("=")[1]
+        runs = [r for r in client.search_runs(["1"]) if r.data.tags.get("method") == method]
+        assert len(runs) == 1 and runs[0].info.status == "FINISHED", (m, "rank 1 must not record")
+        hist = losses(client, runs[0])
+        epochs = 2 if "init_epochs=1" in m else 1
+        assert len(hist) == epochs and all(torch.isfinite(torch.tensor(hist))), (m, hist)

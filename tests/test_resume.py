@@ -52,7 +52,10 @@ def only_run(cwd: Path, method: str = "kd"):
     # AB: 3 pre-stage epochs (its own optimiser, connectors + body), then 3 of the main schedule;
     # the first checkpoint is written in the pre-stage, so the kill lands there or just after
     ["method=ab", "method.init_epochs=3", "schedule.epochs=3"],
-], ids=["kd", "ab-prestage"])
+    # FT: the paraphraser trained in the pre-stage and frozen after it, the translator trained
+    # in the main stage; killed after the first checkpoint, wherever that lands
+    ["method=ft", "method.init_epochs=2", "schedule.epochs=4"],
+], ids=["kd", "ab-prestage", "ft"])
 def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path, method):
     teacher = tmp_path / "teacher.pt"
     torch.manual_seed(0)
