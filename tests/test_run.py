@@ -204,10 +204,11 @@ def test_epoch_metric_names_put_the_quantity_first():
 
     names = {k: epoch_metric_name(k) for k in (
         "val_acc", "train_acc", "val_loss", "train_loss", "loss_kd", "lr", "val_acc_rel",
-        "train_loss_feat", "val_deployed_peer", "images_per_s", "something")}
+        "train_loss_feat", "val_deployed_peer", "images_per_s", "method_T", "something")}
     assert names == {"val_acc": "acc/val", "train_acc": "acc/train", "val_loss": "loss/val",
                      "train_loss": "loss/train", "loss_kd": "loss/kd", "lr": "opt/lr",
                      "val_acc_rel": "acc/val_rel", "train_loss_feat": "loss/train_feat",
                      "val_deployed_peer": "peers/deployed", "images_per_s": "perf/images_per_s",
+                     "method_T": "method/T",
                      "something": "other/something"}
     assert metric_names("acc/val") == ("acc/val", "val/acc", "val_acc")

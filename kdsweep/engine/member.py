@@ -346,7 +346,8 @@ class Member:
     def epoch_stats(self, seen: int, dist_env: DistEnv = SINGLE, epoch: int = -1) -> dict[str, float]:
         """The epoch's training metrics (summed over the data-parallel processes)."""
         opt = self.init_optimizer if self.in_prestage(epoch) else self.optimizer
-        return {**self.sums.stats(seen, dist_env), "lr": opt.param_groups[0]["lr"]}
+        own = {f"method_{k}": float(v) for k, v in self.method.epoch_values().items()}
+        return {**self.sums.stats(seen, dist_env), "lr": opt.param_groups[0]["lr"], **own}
 
     def modules(self) -> list[nn.Module]:
         """What holds this member's weights and BatchNorm statistics."""

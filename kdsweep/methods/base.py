@@ -133,6 +133,11 @@ class Method(nn.Module):
         """Number of trainable parameters the method adds (connectors, embeddings, ...)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    def epoch_values(self) -> dict[str, float]:
+        """Values of the method's own state to log at each epoch's end, as ``method/<name>``
+        (e.g. CTKD's learned temperature ``{"T": 3.7}``); default: none."""
+        return {}
+
     # -- pre-stage (RepDistiller's ``--init_epochs``: AB, FT, FSP) ------------------------------
     #: Epochs trained before the main schedule with :meth:`init_forward` as the loss; a method with
     #: a pre-stage declares an ``init_epochs`` hyper-parameter and stores it here.

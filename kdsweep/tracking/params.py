@@ -78,6 +78,8 @@ def epoch_metric_name(key: str) -> str:
         return _PREFIXED[key]
     if key.startswith("loss_"):
         return f"loss/{key[len('loss_'):]}"
+    if key.startswith("method_"):  # a method's own state (Method.epoch_values)
+        return f"method/{key[len('method_'):]}"
     for split in ("train", "val"):
         for quantity in ("acc", "loss"):
             head = f"{split}_{quantity}_"
