@@ -17,7 +17,7 @@ from kdsweep.methods.base import (
     Weight,
     register_method,
 )
-from kdsweep.methods.logits import logit_terms
+from kdsweep.methods.logits import logit_terms, standardize
 from kdsweep.models import ModelOutput
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,20 @@ def pair_beta(teacher: str | None, student: str | None) -> tuple[float, str]:
 
 
 def dkd_parts(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor,
-              T: float) -> tuple[Tensor, Tensor]:
+              T: float, *, logit_stand: bool = False) -> tuple[Tensor, Tensor]:
     """``(TCKD, NCKD)``, each ``T^2 * KL(teacher || student)``, batch-mean, in float32.
 
     TCKD is the KL between the binary distributions ``b = [p_gt, 1 - p_gt]``; NCKD the KL between
     the distributions over the non-target classes, renormalised without the target class. Both
     are computed from log-sum-exps (no ``log`` of a softmax), so they stay finite at large logits.
+    With ``logit_stand`` both logit vectors are first Z-scored over all classes
+    (:func:`~kdsweep.methods.logits.standardize`), then split, as the LS authors' ``dkd_loss``.
     """
-    zs = student_logits.float() / T
-    zt = teacher_logits.float() / T
+    zs, zt = student_logits.float(), teacher_logits.float()
+    if logit_stand:
+        zs, zt = standardize(zs), standardize(zt)
+    zs = zs / T
+    zt = zt / T
     n, c = zs.shape
     gt = torch.zeros_like(zs, dtype=torch.bool)
     gt[torch.arange(n, device=zs.device), targets] = True
@@ -91,14 +96,27 @@ class DKD(Method):
     / ``student_arch``; after ``build`` ``self.beta`` is the value in use and ``self.beta_source``
     says why (also in :attr:`resolved`). ``method.beta=X`` fixes it. Logged terms: ``ce``,
     ``tckd``, ``nckd`` (and ``kd``), each already weighted, the warmup included.
+
+    ``dkd_weight`` (default 1) multiplies both ``alpha`` and ``beta``:
+    ``w(epoch) * dkd_weight * (alpha * TCKD + beta * NCKD)``. ``logit_stand`` (default false) is
+    the Logit Standardization of Sun, Ren, Li, Wang & Cao, "Logit Standardization in Knowledge
+    Distillation", CVPR 2024, arXiv:2403.01427 (code: sunshangquan/logit-standardization-KD,
+    ``mdistiller/distillers/DKD.py``): student and teacher logits are Z-scored over the classes
+    (unbiased std, ``1e-7`` added to it) before the temperature softmaxes of TCKD, NCKD (and of
+    the optional ``kd`` term); the CE reads the raw logits. The authors' CIFAR-100 DKD+LS
+    (``--logit-stand --base-temp 2 --kd-weight 9``: ``DKD.ALPHA`` and ``DKD.BETA`` times 9,
+    ``DKD.T = 2``, CE weight 1, warmup 20) is ``method.logit_stand=true method.T=2
+    method.dkd_weight=9``, which keeps the pair's beta. With the defaults the loss is exactly
+    the one above without LS.
     """
 
     def __init__(self, ce_weight: Weight = 1.0, alpha: Weight = 1.0, beta: Weight | None = None,
                  T: Temperature = 4.0, warmup: Annotated[float, Range(0.0)] = 20.0,
-                 kd_weight: Weight = 0.0):
+                 kd_weight: Weight = 0.0, dkd_weight: Weight = 1.0, logit_stand: bool = False):
         super().__init__()
         self.ce_weight, self.alpha, self.T = ce_weight, alpha, T
         self.warmup, self.kd_weight = warmup, kd_weight
+        self.dkd_weight, self.logit_stand = dkd_weight, logit_stand
         self.per_pair = beta is None
         # Until build() names the pair, a per-pair beta is mdistiller's default.
         self.beta = DEFAULT_BETA if beta is None else beta
@@ -124,9 +142,10 @@ class DKD(Method):
         assert teacher_out is not None, "dkd needs a teacher"
         t_logits = teacher_out.logits.detach()
         terms = logit_terms(student_out.logits, t_logits, targets, ce_weight=self.ce_weight,
-                            kd_weight=self.kd_weight, T=self.T)
-        tckd, nckd = dkd_parts(student_out.logits, t_logits, targets, self.T)
-        w = self.warmup_factor(info.epoch)
+                            kd_weight=self.kd_weight, T=self.T, logit_stand=self.logit_stand)
+        tckd, nckd = dkd_parts(student_out.logits, t_logits, targets, self.T,
+                               logit_stand=self.logit_stand)
+        w = self.warmup_factor(info.epoch) * self.dkd_weight
         terms["tckd"] = (w * self.alpha) * tckd
         terms["nckd"] = (w * self.beta) * nckd
         return terms
