@@ -44,11 +44,18 @@ PRESTAGE = [["method=ab", "method.init_epochs=1"], ["method=ft", "method.init_ep
             ["method=ft", "method.init_epochs=1", "method.feat_weight=100"]]
 
 
+# The logit methods of 2022-2024 and logit standardization (a learned temperature included).
+LOGITS = [["method=dist"], ["method=wttm"], ["method=ctkd"], ["method=ctkd", "method.mode=instance"],
+          ["method=kd", "method.logit_stand=true", "method.T=2", "method.kd_weight=9"],
+          ["method=dkd", "method.logit_stand=true", "method.T=2", "method.dkd_weight=9"]]
+
+
 @pytest.mark.parametrize("MEMBERS", [
     MEMBERS,
     pytest.param(ZOO, marks=pytest.mark.slow),
     pytest.param(PRESTAGE, marks=pytest.mark.slow),
-], ids=["core", "zoo", "prestage"])
+    pytest.param(LOGITS, marks=pytest.mark.slow),
+], ids=["core", "zoo", "prestage", "logits"])
 def test_members_match_their_solo_runs_bit_for_bit(
         compose, resnet14_teacher, tmp_path, monkeypatch, MEMBERS, caplog):
     base = [*TINY, "teacher=resnet14", "student=resnet8", f"teacher.checkpoint={resnet14_teacher}"]
