@@ -19,6 +19,7 @@ mechanism, and broadcasting rank 0's BatchNorm statistics each epoch keeps the c
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -55,7 +56,15 @@ def from_environment(device_type: str) -> DistEnv:
     env = DistEnv(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+        # Left to the interpreter's exit, gloo's threads can abort the process ("terminate
+        # called without an active exception", seen once in 2 CI runs): close the group first.
+        atexit.register(_leave)
     return env
+
+
+def _leave() -> None:
+    if dist.is_initialized():  # local: no collective, so a failed peer cannot make it hang
+        dist.destroy_process_group()
 
 
 def broadcast(obj: Any, env: DistEnv) -> Any:
