@@ -180,8 +180,8 @@ class Member:
         self.scaler = step.precision.grad_scaler()
 
     def _build_prestage(self, step: StepContext) -> set[int]:
-        """The pre-stage's optimiser: SGD at the schedule's lr, momentum and weight decay, constant
-        (RepDistiller's ``init()``), over what the method's ``init_parameters`` returns. Returns the
+        """The pre-stage's optimiser: SGD at the method's ``init_lr`` (else the schedule's lr), the
+        schedule's momentum and weight decay, constant (RepDistiller's ``init()``), over what the method's ``init_parameters`` returns. Returns the
         ids of the method's parameters trained only there (RepDistiller keeps AB's connectors and
         FT's paraphraser out of the main stage's optimiser)."""
         body = student_body(self.student, self.arch)
@@ -206,8 +206,11 @@ class Member:
         method and pre-stage options, and bit for bit the same weights, buffers, optimiser state,
         RNG stream and step count (so sharing it cannot change a result)."""
         h = hashlib.sha256()
-        options = {hp.name: getattr(self.method, hp.name, None) for hp in hparams(type(self.method))
-                   if hp.name not in self.method.main_stage_options}
+        names = [hp.name for hp in hparams(type(self.method))
+                 if hp.name not in self.method.main_stage_options]
+        if not all(hasattr(self.method, n) for n in names):  # an option it keeps elsewhere:
+            return f"unshared-{id(self)}"                     # never share on a guess
+        options = {n: getattr(self.method, n) for n in names}
         h.update(repr((type(self.method).__qualname__, self.arch, options, self.global_step,
                        self.init_trains_student, self.init_optimizer.param_groups[0]["lr"],
                        self.init_optimizer.param_groups[0]["momentum"],
