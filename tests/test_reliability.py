@@ -257,18 +257,13 @@ def _closed_port() -> int:
                                  "postgresql://kd:secret@127.0.0.1:{port}/mlflow"])
 def test_an_unreachable_tracking_server_is_refused_in_seconds(uri, tmp_path):
     """A refused connection is one line (password masked), exit status 2, and nothing is
-    written, without MLflow's own retries (minutes): the bound below only tells those apart (the
-    process start alone took 16 s on a loaded 2-core machine)."""
-    import time
-
+    written, without MLflow's own retries: those last minutes, past the subprocess timeout (no
+    tighter timing here: a process start alone took 16 s on a loaded 2-core machine)."""
     uri = uri.format(port=_closed_port())
-    started = time.monotonic()
     p = subprocess.run([sys.executable, str(ROOT / "run.py"), f"tracking.uri={uri}"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    seconds = time.monotonic() - started
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "cannot be reached" in p.stderr and "secret" not in p.stderr + p.stdout
-    assert seconds < 90, seconds
     assert list(tmp_path.iterdir()) == []
 
 
