@@ -47,7 +47,10 @@ PRESTAGE = [["method=ab", "method.init_epochs=1"], ["method=ft", "method.init_ep
 # The logit methods of 2022-2024 and logit standardization (a learned temperature included).
 LOGITS = [["method=dist"], ["method=wttm"], ["method=ctkd"], ["method=ctkd", "method.mode=instance"],
           ["method=kd", "method.logit_stand=true", "method.T=2", "method.kd_weight=9"],
-          ["method=dkd", "method.logit_stand=true", "method.T=2", "method.dkd_weight=9"]]
+          ["method=dkd", "method.logit_stand=true", "method.T=2", "method.dkd_weight=9"],
+          ["method=mlkd"], ["method=mlkd", "method.logit_stand=true", "method.T=2",
+                            "method.kd_weight=9"],
+          ["method=ctkd", "method.logit_stand=true", "method.kd_weight=9"]]
 
 
 @pytest.mark.parametrize("MEMBERS", [

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kdsweep.data.views import STRONG_TAG, VIEWS, draw_strong, strong_augment
 from kdsweep.errors import DataError
 
 AUGMENTS = ("crop_flip", "resized_crop_flip", "none")
@@ -96,6 +97,30 @@ class _EpochMixin:
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+
+    # -- extra views (kdsweep.data.views): made on request from the batch last served ----------
+    _served: tuple[int, slice, torch.Tensor] | None = None  # (epoch, positions, uint8 source)
+    _view_params: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def _view_draws(self, epoch: int, n: int) -> dict[str, torch.Tensor]:
+        """The epoch's draws of the strong view, from their own generator (seed, epoch, tag)."""
+        if self._view_params is None or self._view_params[0] != epoch:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, STRONG_TAG))
+            self._view_params = epoch, self._draw_view(g, n)
+        return self._view_params[1]
+
+    def _draw_view(self, g: torch.Generator, n: int) -> dict[str, torch.Tensor]:
+        return draw_strong(g, n)
+
+    def view(self, name: str) -> torch.Tensor:
+        """The view ``name`` of the batch this loader yielded last, normalised like it."""
+        if name not in VIEWS:
+            raise ValueError(f"unknown view {name!r}; valid: {', '.join(VIEWS)}")
+        if self._served is None:
+            raise RuntimeError("view() needs a batch served first")
+        epoch, sl, source = self._served
+        with _one_cpu_thread(self.device):
+            return self.normalize(self._make_view(epoch, sl, source))
 
 
 class TensorLoader(_EpochMixin):
@@ -180,9 +205,28 @@ class TensorLoader(_EpochMixin):
         return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
                              align_corners=False)
 
+    def _draw_view(self, g: torch.Generator, n: int) -> dict[str, torch.Tensor]:
+        crop = self._draw(g, n)  # an independent crop and flip, then RandAugment and Cutout
+        return {**{f"crop_{k}": v for k, v in crop.items()}, **draw_strong(g, n)}
+
+    def _augment(self, x: torch.Tensor, p: dict[str, torch.Tensor], sl: slice) -> torch.Tensor:
+        if self.augment == "crop_flip":
+            return self._crop_flip(x, p["oy"][sl], p["ox"][sl], p["flip"][sl])
+        if self.augment == "resized_crop_flip":
+            return self._resized_crop_flip(x, p["area"][sl], p["logr"][sl], p["u"][sl],
+                                           p["flip"][sl])
+        return x
+
+    def _make_view(self, epoch: int, sl: slice, source: torch.Tensor) -> torch.Tensor:
+        draws = self._view_draws(epoch, len(self.labels))
+        crop = {k[5:]: v for k, v in draws.items() if k.startswith("crop_")}
+        return strong_augment(self._augment(source, crop, sl),
+                              {k: draws[k][sl] for k in ("ops", "mags", "cut")})
+
     def __iter__(self) -> Iterator[Batch]:
         n, bs = len(self.labels), self.batch_size
         params: dict[str, torch.Tensor] = {}
+        epoch = self.epoch
         if self.train:
             g = self._generator()
             order = torch.randperm(n, generator=g).to(self.device)
@@ -193,12 +237,10 @@ class TensorLoader(_EpochMixin):
             sl = slice(*self._mine(i * bs, min((i + 1) * bs, n)))
             with _one_cpu_thread(self.device):
                 idx = order[sl]
-                x = self.images.index_select(0, idx)
-                if self.augment == "crop_flip":
-                    x = self._crop_flip(x, params["oy"][sl], params["ox"][sl], params["flip"][sl])
-                elif self.augment == "resized_crop_flip":
-                    x = self._resized_crop_flip(x, params["area"][sl], params["logr"][sl],
-                                                params["u"][sl], params["flip"][sl])
+                source = self.images.index_select(0, idx)
+                if self.train:
+                    self._served = epoch, sl, source
+                x = self._augment(source, params, sl)
                 batch = self.normalize(x), self.labels.index_select(0, idx), idx
             yield batch
         if self.train:
@@ -261,12 +303,21 @@ class StreamingLoader(_EpochMixin):
     def __len__(self) -> int:
         return len(self.loader)
 
+    def _make_view(self, epoch: int, sl: slice, source: torch.Tensor) -> torch.Tensor:
+        """RandAugment and Cutout on the batch's own crop (the workers cropped it)."""
+        draws = self._view_draws(epoch, len(self.labels))
+        return strong_augment(source, {k: v[sl] for k, v in draws.items()})
+
     def __iter__(self) -> Iterator[Batch]:
         nb = self.device.type == "cuda"
-        for x, y, idx in _one_line_errors(self.loader):
+        epoch, bs, n = self.epoch, self.batch_size, len(self.labels)
+        for i, (x, y, idx) in enumerate(_one_line_errors(self.loader)):
             with _one_cpu_thread(self.device):
-                batch = (self.normalize(x.to(self.device, non_blocking=nb)),
-                         y.to(self.device, non_blocking=nb), idx.to(self.device, non_blocking=nb))
+                x = x.to(self.device, non_blocking=nb)
+                if self.train:
+                    self._served = epoch, slice(*self._mine(i * bs, min((i + 1) * bs, n))), x
+                batch = (self.normalize(x), y.to(self.device, non_blocking=nb),
+                         idx.to(self.device, non_blocking=nb))
             yield batch
         if self.train:
             self.epoch += 1

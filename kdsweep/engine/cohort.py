@@ -171,7 +171,14 @@ class Cohort:
                 f"{accs[len(accs) // 2]:.1f} | {per:.0f} s/epoch, ETA {int(left // 60)}:"
                 f"{int(left % 60):02d}")
 
-    def _teacher_out(self, x: Tensor, active: Sequence[Member]) -> ModelOutput | None:
+    def _views(self, live: Sequence[Member]) -> dict[str, Tensor]:
+        """The batch's other views that live members read (MLKD's strong view), made once for the
+        cohort by the batch stream (:mod:`kdsweep.data.views`); none when no member reads one."""
+        names = dict.fromkeys(v for m in live for v in m.method.views)
+        return {v: self.data.train.view(v) for v in names}
+
+    def _teacher_out(self, x: Tensor, active: Sequence[Member],
+                     views: dict[str, Tensor] | None = None) -> ModelOutput | None:
         if self.teacher_fwd is None or not any(m.needs_teacher for m in active):
             return None
         # OFD's reference code runs the teacher's BatchNorm on batch statistics while training
@@ -180,7 +187,10 @@ class Cohort:
         train_bn = any(getattr(m.method, "teacher_mode", "eval") == "train" for m in active)
         self.teacher_fwd.model.train(train_bn)
         with torch.no_grad(), self.precision.autocast():
-            return self.teacher_fwd(x)
+            out = self.teacher_fwd(x)
+            wanted = {v for m in active if m.needs_teacher for v in m.method.views}
+            out.views = {v: self.teacher_fwd(t) for v, t in (views or {}).items() if v in wanted}
+            return out
 
     def epoch_label(self, epoch: int) -> str:
         """``epoch 3/240``, or ``pre-stage 2/30`` for the first ``init_epochs`` epochs."""
@@ -221,12 +231,13 @@ class Cohort:
             live = [m for m in stepping if m.active]
             if not live:
                 break
-            t_out = self._teacher_out(x, live)
+            views = self._views(live)
+            t_out = self._teacher_out(x, live, views)
             for unit in self.units:
                 if isinstance(unit, StackedGroup):
-                    unit.train_step(x, y, idx, t_out, epoch, self.step, among=live)
+                    unit.train_step(x, y, idx, t_out, epoch, self.step, among=live, views=views)
                 elif unit in live:
-                    unit.train_step(x, y, idx, t_out, epoch, self.step)
+                    unit.train_step(x, y, idx, t_out, epoch, self.step, views=views)
             seen += y.numel()
             bar.update(1)
             last = i + 1 == self.steps_per_epoch

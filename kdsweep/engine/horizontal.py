@@ -62,7 +62,7 @@ def signature(member: Member) -> tuple[Any, ...] | None:
     params = tuple((n, tuple(p.shape), p.dtype, p.requires_grad)
                    for n, p in student.named_parameters())
     buffers = tuple((n, tuple(b.shape), b.dtype) for n, b in student.named_buffers())
-    return type(student), params, buffers
+    return type(student), params, buffers, member.method.views
 
 
 class StackedGroup:
@@ -75,12 +75,20 @@ class StackedGroup:
         self.alone = False  # set when the students turn out to draw random numbers
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
-                   epoch: int, step: StepContext, among: Sequence[Member]) -> None:
-        """One step of the group's members that are in ``among`` (the cohort's live members)."""
+                   epoch: int, step: StepContext, among: Sequence[Member],
+                   views: dict[str, Tensor] | None = None) -> None:
+        """One step of the group's members that are in ``among`` (the cohort's live members);
+        the members read the same ``views`` (:func:`signature`), each its own vmapped pass."""
         live = [k for k, m in enumerate(self.members) if m.active and m in among]
         if len(live) > 1 and not self.alone:
             try:
                 logits, buffers = self._forward(live, x, step)
+                outs = [ModelOutput(logits=logits[i]) for i in range(len(live))]
+                for v in self.members[live[0]].method.views:  # BatchNorm: one pass after another
+                    self._keep_buffers(live, buffers)
+                    view_logits, buffers = self._forward(live, views[v], step)
+                    for i, out in enumerate(outs):
+                        out.views[v] = ModelOutput(logits=view_logits[i])
             except RuntimeError as err:
                 if "randomness" not in str(err):
                     raise
@@ -89,10 +97,11 @@ class StackedGroup:
                          "(dropout); its %d members train one by one", self.members[0].arch,
                          len(self.members))
             else:
-                self._backward_and_step(live, logits, buffers, y, idx, t_out, epoch, step)
+                self._keep_buffers(live, buffers)
+                self._backward_and_step(live, outs, y, idx, t_out, epoch, step)
                 return
         for k in live:
-            self.members[k].train_step(x, y, idx, t_out, epoch, step)
+            self.members[k].train_step(x, y, idx, t_out, epoch, step, views=views)
 
     def _forward(self, live: list[int], x: Tensor,
                  step: StepContext) -> tuple[Tensor, dict[str, Tensor]]:
@@ -111,18 +120,21 @@ class StackedGroup:
             logits = vmap(call, in_dims=(0, 0, None), randomness="error")(params, buffers, x)
         return logits, buffers
 
-    def _backward_and_step(self, live: list[int], logits: Tensor, buffers: dict[str, Tensor],
-                           y: Tensor, idx: Tensor, t_out: ModelOutput | None, epoch: int,
+    @torch.no_grad()
+    def _keep_buffers(self, live: list[int], buffers: dict[str, Tensor]) -> None:
+        """BatchNorm's running statistics, as each member's own pass left them."""
+        for i, k in enumerate(live):
+            for n, b in self.buffers[k].items():
+                b.copy_(buffers[n][i])
+
+    def _backward_and_step(self, live: list[int], outs: list[ModelOutput], y: Tensor,
+                           idx: Tensor, t_out: ModelOutput | None, epoch: int,
                            step: StepContext) -> None:
-        with torch.no_grad():  # BatchNorm's running statistics, as each member's own pass left them
-            for i, k in enumerate(live):
-                for n, b in self.buffers[k].items():
-                    b.copy_(buffers[n][i])
         pending: list[tuple[Member, Pending]] = []
         for i, k in enumerate(live):
             m = self.members[k]
             with m.rng.active():
-                p = m.losses(ModelOutput(logits=logits[i]), y, idx, t_out, epoch, step)
+                p = m.losses(outs[i], y, idx, t_out, epoch, step)
             if p is not None:  # None: diverged on the CPU, stopped, never applied
                 pending.append((m, p))
         if not pending:

@@ -242,8 +242,9 @@ class Member:
         self.sums = Sums(device)
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
-                   epoch: int, step: StepContext) -> None:
-        """Forward, loss terms, backward and one optimiser step, in this member's RNG stream.
+                   epoch: int, step: StepContext, views: dict[str, Tensor] | None = None) -> None:
+        """Forward (on ``x``, then on each of ``views`` the method reads), loss terms, backward
+        and one optimiser step, in this member's RNG stream.
 
         A non-finite loss is never applied: on the CPU it is checked before the step (the member
         stops); on a GPU the fused optimiser skips it on the device and :meth:`check_finite`
@@ -254,6 +255,7 @@ class Member:
         with self.rng.active():
             with step.precision.autocast():
                 s_out = self.forward(x)
+                s_out.views = {v: self.forward(views[v]) for v in self.method.views}
             pending = self.losses(s_out, y, idx, t_out, epoch, step)
             if pending is None:
                 return

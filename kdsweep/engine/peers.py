@@ -87,7 +87,7 @@ class PeerGroup(Member):
         self.sums = Sums(device)
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor, t_out: ModelOutput | None,
-                   epoch: int, step: StepContext) -> None:
+                   epoch: int, step: StepContext, views: dict[str, Tensor] | None = None) -> None:
         info = StepInfo(epoch=epoch, step=self.global_step, epochs=step.epochs,
                         steps_per_epoch=step.steps_per_epoch, indices=idx)
         outs, offline = [], []

@@ -98,6 +98,11 @@ class Method(nn.Module):
     #: True when :meth:`build` refuses some teacher -> student pairs (FSP's and KD-SVD's equal
     #: channel counts): the checks before any work then build it on a dry run of the two models.
     checks_pair: ClassVar[bool] = False
+    #: Other views of each batch the method reads (``("strong",)``: MLKD's strongly augmented
+    #: copy, :mod:`kdsweep.data.views`). The engine runs the student, and the teacher once for
+    #: the cohort, on each and puts the outputs in ``student_out.views[name]`` and
+    #: ``teacher_out.views[name]``; the batch's own view stays ``student_out`` itself.
+    views: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -96,7 +96,8 @@ class Multi(Method):
     Terms are logged as ``NS.TERM`` (``loss_kd.ce``, ``loss_at.at``). The labels' cross-entropy may
     be counted by one method only: a second one is refused (at construction when the weights are
     known, otherwise at the first step) -- set ``ce_weight: 0`` on the others (``alpha: 1`` for
-    ``kd``). The sum needs a teacher if any part does, and features if any part does.
+    ``kd``). The sum needs a teacher if any part does, features if any part does, and the batch's
+    other views (MLKD's strong view) that any part reads.
     """
 
     def __init__(self, methods: Any = None):
@@ -118,6 +119,7 @@ class Multi(Method):
         self.parts = nn.ModuleDict(parts)
         self.needs_teacher = any(m.needs_teacher for m in parts.values())
         self.needs_features = any(m.needs_features for m in parts.values())
+        self.views = tuple(dict.fromkeys(v for m in parts.values() for v in m.views))
         ce = {ns: _ce_weight(m) for ns, m in parts.items()}
         counted = [ns for ns, w in ce.items() if w is not None and w > 0]
         if len(counted) > 1:
@@ -157,6 +159,7 @@ class Multi(Method):
                 feats=[f.detach() for f in teacher_out.feats],
                 preact_feats=[f.detach() for f in teacher_out.preact_feats],
                 pooled=None if teacher_out.pooled is None else teacher_out.pooled.detach(),
+                views=teacher_out.views,  # made under no_grad
             )
         terms: dict[str, Tensor] = {}
         for ns, m in self.parts.items():
@@ -170,3 +173,7 @@ class Multi(Method):
             if len(counted) > 1:
                 raise ConfigError(self._double_ce_message(counted))
         return terms
+
+    def epoch_values(self) -> dict[str, float]:
+        """The parts' own values (CTKD's learned ``T``) as ``NS.NAME``."""
+        return {f"{ns}.{k}": v for ns, m in self.parts.items() for k, v in m.epoch_values().items()}

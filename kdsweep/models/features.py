@@ -35,6 +35,9 @@ class ModelOutput:
     feats: list[Tensor] = field(default_factory=list)
     preact_feats: list[Tensor] = field(default_factory=list)
     pooled: Tensor | None = None
+    #: The same model's outputs on other views of the batch (``"strong"``), for the methods that
+    #: name them in ``Method.views`` (MLKD); the engine fills it, empty otherwise.
+    views: dict[str, ModelOutput] = field(default_factory=dict)
 
 
 def resolve_module(model: nn.Module, path: str) -> nn.Module:
