@@ -41,6 +41,10 @@ PRESETS = {
     "crd_benchmark": ("cifar100", "wrn_40_2", "wrn_16_2", "kd", 708, "crd_dkd_cifar100", True),
     "modreduce_benchmark": ("cifar100", "wrn_40_2", "wrn_16_2", "kd", 70, "modreduce_cifar100",
                             True),
+    "logit_stand_cifar100": ("cifar100", "resnet32x4", "resnet8x4", "kd", 112,
+                             "logit_stand_cifar100", True),
+    "dist_cifar100": ("cifar100", "resnet32x4", "resnet8x4", "dist", 14, "dist_cifar100", True),
+    "temperature_study": ("cifar100", "wrn_40_2", "wrn_16_2", "kd", 15, None, False),
 }
 
 

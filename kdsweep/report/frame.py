@@ -20,6 +20,8 @@ from kdsweep.report.published import Published
 from kdsweep.report.tables import (
     BEST,
     LAST,
+    LEARNED,
+    Cell,
     Table,
     mark_best,
     metric_label,
@@ -47,9 +49,18 @@ def _axes(t: Table, i: int, j: int) -> dict[str, str]:
 _RUN_COLS = ("run_id", "trial", "seed", "status", "state")
 
 
+def learned_metrics(tables: Sequence[Table]) -> list[str]:
+    """The ``method/<name>`` metrics the tables' runs logged (a learned temperature:
+    ``method/T``), in order of appearance; a run's value is its last epoch's."""
+    return list(dict.fromkeys(k for t in tables for row in t.cells for cell in row
+                              for c in cell.runs for k in c.metrics if k.startswith(LEARNED)))
+
+
 def runs_frame(tables: Sequence[Table], metric: str) -> pd.DataFrame:
-    """One row per (table position, run): where it is, its state and its final metrics."""
+    """One row per (table position, run): where it is, its state and its final metrics (and the
+    last value of each learned ``method/<name>``)."""
     rows, axes = [], {}
+    learned = learned_metrics(tables)
     for t_i, t in enumerate(tables):
         for i, row in enumerate(t.cells):
             for j, cell in enumerate(row):
@@ -59,10 +70,10 @@ def runs_frame(tables: Sequence[Table], metric: str) -> pd.DataFrame:
                     rec = {"table": t_i, "i": i, "j": j, **pos, "run_id": c.run_id,
                            "trial": c.trial, "seed": c.seed,
                            "status": c.status, "state": "finished" if c.finished else c.state()}
-                    for m in dict.fromkeys((*NUMBERS, metric)):
+                    for m in dict.fromkeys((*NUMBERS, metric, *learned)):
                         rec[m] = c.value(m) if c.finished else None
                     rows.append(rec)
-    cols = ["table", "i", "j", *axes, *_RUN_COLS, *dict.fromkeys((*NUMBERS, metric))]
+    cols = ["table", "i", "j", *axes, *_RUN_COLS, *dict.fromkeys((*NUMBERS, metric, *learned))]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -92,10 +103,22 @@ def fill(tables: Sequence[Table], metric: str, published: Published | None = Non
             cell.last = _stat(s[(LAST, "mean")])
             cell.last_std = None if one else _stat(s[(LAST, "std")])
             cell.gap = _stat(runs[GAP].mean()) if runs[GAP].notna().any() else None
+            _learned(cell, runs)
     if published is not None:
         _published(tables, published, done)
     mark_best(tables, metric, maximize)
     return df
+
+
+def _learned(cell: Cell, runs: pd.DataFrame) -> None:
+    """The cell's learned values: mean (and sample std) of its finished runs' last values."""
+    cell.learned, cell.learned_std = {}, {}
+    for m in (c for c in runs.columns if str(c).startswith(LEARNED)):
+        vals = runs[m].dropna().astype(float)
+        if len(vals):
+            name = m[len(LEARNED):]
+            cell.learned[name] = float(vals.iloc[0]) if len(vals) == 1 else float(vals.mean())
+            cell.learned_std[name] = None if len(vals) == 1 else _stat(vals.std())
 
 
 def _published(tables: Sequence[Table], pub: Published, done: pd.DataFrame) -> None:
@@ -128,6 +151,9 @@ def cells_frame(tables: Sequence[Table]) -> pd.DataFrame:
                     "train_val_gap_mean": cell.gap, "published_train_val_gap": cell.published_gap,
                     "pending": cell.pending(), "published": cell.published,
                     "published_metric": cell.published_metric, "delta": cell.delta,
+                    **{f"{LEARNED}{n}_{what}": (cell.learned if what == "mean" else
+                                                cell.learned_std).get(n)
+                       for n in t.learned_names() for what in ("mean", "std")},
                     "run_ids": " ".join(x.run_id for x in cell.runs)})
     return pd.DataFrame(rows)
 
@@ -155,11 +181,17 @@ def tex(text: str) -> str:
 def _latex_frame(t: Table, metric: str = BEST) -> pd.DataFrame:
     """The table with one header row: the corner names both axes (``alpha \\ T``)."""
     data = {t.corner or t.row_name or "": t.row_labels}
-    for k, name in enumerate(t.extra_cols):
-        data[name] = [e[k] for e in t.extra]
+    if t.kind == "list":
+        extra = [t.extra_row(i) for i in range(len(t.row_labels))]
+        for k, name in enumerate(t.extra_header()):
+            data[name] = [e[k] for e in extra]
     for j, col in enumerate(t.col_labels):
         data[col or ("best / last" if metric == BEST else metric)] = [row[j].text()
                                                                      for row in t.cells]
+        for n in t.learned_names() if t.kind == "pivot" else ():
+            if any(n in row[j].learned for row in t.cells):
+                data[f"{col} learned {n}"] = [row[j].learned_text(n)[len("learned "):]
+                                              for row in t.cells]
         if any(row[j].published is not None for row in t.cells):
             data[f"{col} published".strip()] = ["" if row[j].published is None else
                                                 f"{row[j].published:g}" for row in t.cells]
@@ -186,9 +218,10 @@ def write_latex(tables: Sequence[Table], out: Path, suffix: str, metric: str = B
     parts = []
     for t in tables:
         df = _latex_frame(t, metric)
+        n_extra = len(t.extra_header()) if t.kind == "list" else 0
         parts.append(df.to_latex(index=False, escape=False, position="htbp",
-                                 column_format="l" * (1 + len(t.extra_cols))
-                                 + "c" * (df.shape[1] - 1 - len(t.extra_cols)),
+                                 column_format="l" * (1 + n_extra)
+                                 + "c" * (df.shape[1] - 1 - n_extra),
                                  caption=_caption(t, metric, maximize)))
     head = ["% kdsweep report (needs \\usepackage{booktabs})",
             *(f"% {n}" for n in notes)]

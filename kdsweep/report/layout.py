@@ -9,7 +9,8 @@
   is a point's label (a method column such as ``crd+kd``). A point that leaves a row key out
   (``vanilla``: the student alone, no teacher) fills every row that agrees on the keys it sets.
   Without them: the first two axes of a grid, or the two keys of unlabelled two-key points; else
-  one row per point. Keys that still differ within one row x column give one table per value.
+  one row per point; points that share a label are told apart by columns of the values that
+  differ among them. Keys that still differ within one row x column give one table per value.
 * **A sampled search** (TPE, random, ...): one row per trial, best first.
 """
 
@@ -181,14 +182,30 @@ def _pivots(slots: Sequence[Slot], rows: Sequence[str], cols: Sequence[str], tit
     return tables
 
 
+def _shared_label_keys(slots: Sequence[Slot]) -> list[str]:
+    """The keys that tell apart points sharing one label (``kd`` at ``T`` 1, 2, 4...), in order
+    of appearance: a list table shows them as columns. None when every label is its own."""
+    groups: dict[str, list[Slot]] = {}
+    for s in slots:
+        if s.label:
+            groups.setdefault(s.label, []).append(s)
+    keys = dict.fromkeys(k for s in slots for k in s.values)
+    return [k for k in keys if any(len({s.values.get(k) for s in g}) > 1
+                                   for g in groups.values() if len(g) > 1)]
+
+
 def _list(slots: Sequence[Slot], title: str, rep: Mapping[str, Any]) -> Table:
     labelled = any(s.label for s in slots)
+    shared = _shared_label_keys(slots)
     table = Table("list", title, None, None, [], [""], [],
                   corner=rep.get("label_header") or ("" if labelled else "point"),
-                  row_name=rep.get("label_header") or "point")
+                  row_name=rep.get("label_header") or "point",
+                  extra_cols=[short(k) for k in shared], extra_keys=shared)
     for s in slots:
         table.row_labels.append(s.label or ", ".join(f"{short(k)}={v}" for k, v in s.values.items()))
         table.cells.append([Cell(list(s.runs))])
+        if shared:
+            table.extra.append([s.values.get(k, "") for k in shared])
     return table
 
 

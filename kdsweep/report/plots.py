@@ -131,10 +131,10 @@ def bars(tables: Sequence[Table], path: Path, metric: str, title: str = "",
     plt = _plt()
     labels, cells = [], []
     for t in tables:
-        for lab, ex, row in zip(t.row_labels, t.extra or [[]] * len(t.row_labels), t.cells,
-                                strict=True):
-            labels.append(lab if not ex else f"{lab}: " + ", ".join(
-                f"{k}={x}" for k, x in zip(t.extra_cols, ex, strict=True)))
+        head = t.extra_header()
+        for i, (lab, row) in enumerate(zip(t.row_labels, t.cells, strict=True)):
+            ex = [f"{k}={x}" for k, x in zip(head, t.extra_row(i), strict=True) if x]
+            labels.append(lab if not ex else f"{lab}: " + ", ".join(ex))
             cells.append(row[0])
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(labels) + 1.4))
     ys = list(range(len(labels)))[::-1]

@@ -10,8 +10,10 @@ and the difference measured - published with the measure the source reports (``b
 ``last`` epoch, :attr:`Published.metric`). Missing numbers (``-`` in the source) are absent.
 
 Sources: the public READMEs of PkuDavidGuan/Distillation, wangziren1/knowledge_distill_on_mini-imagenet,
-Yahya-Abbas/ModReduce and a KETI KD study (ResNet152 -> EfficientNet-B0), and RepDistiller
-(Tian et al., CRD, ICLR 2020) + mdistiller (Zhao et al., DKD, CVPR 2022) for the CIFAR-100 benchmark.
+Yahya-Abbas/ModReduce and a KETI KD study (ResNet152 -> EfficientNet-B0), RepDistiller
+(Tian et al., CRD, ICLR 2020) + mdistiller (Zhao et al., DKD, CVPR 2022) for the CIFAR-100 benchmark,
+sunshangquan/logit-standardization-KD (Sun et al., CVPR 2024: KD, CTKD, DKD, MLKD with and without
+logit standardization) and hunto/DIST_KD (Huang et al., NeurIPS 2022) for the logit methods.
 """
 
 from __future__ import annotations
@@ -247,6 +249,72 @@ _add(Published(
     teacher={r: v[0] for r, v in _MR.items()}, student={r: v[1] for r, v in _MR.items()},
     note="Exp 1-8 quote the CRD paper's baselines, Exp 9-15 SemCKD's; best-or-last epoch not "
          "stated (compared with the best epoch)."))
+
+# ------------------------------------------------ sunshangquan/logit-standardization-KD
+_LS_COLS = ("kd", "kd+ls", "ctkd", "ctkd+ls", "dkd", "dkd+ls", "mlkd", "mlkd+ls")
+#   KD, KD+LS, CTKD, CTKD+LS, DKD, DKD+LS, MLKD, MLKD+LS (the README's rows, here per pair)
+_LS = {
+    "resnet32x4 -> resnet8x4": (73.33, 76.62, 73.39, 76.67, 76.32, 77.01, 77.08, 78.28),
+    "vgg13 -> vgg8": (72.98, 74.36, 73.52, 74.47, 74.68, 74.81, 75.18, 75.22),
+    "wrn_40_2 -> wrn_40_1": (73.54, 74.37, 73.93, 74.58, 74.81, 74.89, 75.35, 75.56),
+    "wrn_40_2 -> wrn_16_2": (74.92, 76.11, 75.45, 76.08, 76.24, 76.39, 76.63, 76.95),
+    "resnet56 -> resnet20": (70.66, 71.43, 71.19, 71.34, 71.97, 72.32, 72.19, 72.33),
+    "resnet110 -> resnet32": (73.08, 74.17, 73.52, 74.01, 74.11, 74.29, 74.11, 74.32),
+    "resnet110 -> resnet20": (70.67, 71.48, 70.99, 71.39, 71.06, 71.85, 71.89, 72.27),
+    "resnet32x4 -> ShuffleV2": (74.45, 75.56, 75.37, 76.18, 77.07, 77.37, 78.44, 78.76),
+    "resnet32x4 -> wrn_16_2": (74.90, 75.26, 74.57, 75.16, 75.70, 76.19, 76.52, 77.53),
+    "resnet32x4 -> wrn_40_2": (77.70, 77.92, 77.66, 77.99, 78.46, 78.95, 79.26, 79.66),
+    "wrn_40_2 -> resnet8x4": (73.97, 77.11, 74.61, 77.03, 75.56, 76.75, 77.33, 77.68),
+    "wrn_40_2 -> MobileNetV2": (68.36, 69.23, 68.34, 69.53, 69.28, 70.01, 70.78, 71.61),
+    "vgg13 -> MobileNetV2": (67.37, 68.61, 68.50, 68.98, 69.71, 69.98, 70.57, 70.94),
+    "ResNet50 -> MobileNetV2": (67.35, 69.02, 68.67, 69.36, 70.35, 70.45, 71.04, 71.19),
+}
+# The teachers are mdistiller's CIFAR-100 checkpoints (the README downloads them), i.e. the CRD
+# benchmark's: their accuracy and the students trained alone as RepDistiller's README prints them
+# (wrn_40_2 alone is the wrn_40_2 teacher).
+_LS_TEACHER = {"resnet32x4": 79.42, "vgg13": 74.64, "wrn_40_2": 75.61, "resnet56": 72.34,
+               "resnet110": 74.31, "ResNet50": 79.34}
+_LS_STUDENT = {"resnet8x4": 72.50, "vgg8": 70.36, "wrn_40_1": 71.98, "wrn_16_2": 73.26,
+               "resnet20": 69.06, "resnet32": 71.14, "ShuffleV2": 71.82, "wrn_40_2": 75.61,
+               "MobileNetV2": 64.60}
+_add(Published(
+    "logit_stand_cifar100", "sunshangquan/logit-standardization-KD (README, 'CIFAR-100', "
+    "Sun et al., CVPR 2024)", "CIFAR-100: KD, CTKD, DKD and MLKD without and with logit "
+    "standardization (+ls), 14 teacher -> student pairs", "cifar100", tuple(_LS), _LS_COLS,
+    {(r, c): x for r, v in _LS.items() for c, x in zip(_LS_COLS, v, strict=True)},
+    teacher={r: _LS_TEACHER[r.split(" -> ")[0]] for r in _LS},
+    student={r: _LS_STUDENT[r.split(" -> ")[1]] for r in _LS},
+    note="The README's two tables (identical and distinct structures) as one; its logs end with "
+         "the best epoch's accuracy (compared with the best epoch), and it notes that averaging "
+         "makes the printed numbers differ slightly from the logged ones. Its KD and DKD rows "
+         "repeat the CRD/mdistiller numbers where the pairs coincide (RepDistiller's KD is a "
+         "last epoch). Teacher and student-alone accuracies are RepDistiller's (the README "
+         "prints none)."))
+
+# ------------------------------------------------------------------------ hunto/DIST_KD
+_DIST = {  # teacher, student alone, KD (RepDistiller README), DIST
+    "wrn_40_2 -> wrn_40_1": (75.61, 71.98, 73.54, 74.43),
+    "wrn_40_2 -> wrn_16_2": (75.61, 73.26, 74.92, 75.51),
+    "resnet56 -> resnet20": (72.34, 69.06, 70.66, 71.75),
+    "resnet32x4 -> resnet8x4": (79.42, 72.50, 73.33, 76.31),
+    "resnet32x4 -> ShuffleV1": (79.42, 70.50, 74.07, 76.34),
+    "resnet32x4 -> ShuffleV2": (79.42, 71.82, 74.45, 77.35),
+    "ResNet50 -> MobileNetV2": (79.34, 64.60, 67.35, 68.66),
+}
+_add(Published(
+    "dist_cifar100", "hunto/DIST_KD (README, 'CIFAR-100'; Huang et al., NeurIPS 2022)",
+    "CIFAR-100: DIST beside KD, DIST's pairs", "cifar100", tuple(_DIST), ("kd", "dist"),
+    {(r, c): x for r, v in _DIST.items() for c, x in zip(("kd", "dist"), v[2:], strict=True)},
+    teacher={r: v[0] for r, v in _DIST.items()}, student={r: v[1] for r, v in _DIST.items()},
+    measure="best", col_measure={"kd": "last"},
+    note="DIST: mean ± std over runs as its README prints them (± 0.24, 0.30, 0.19, 0.18, 0.25, "
+         "0.23 for wrn_40_2 -> wrn_40_1, resnet56 -> resnet20, resnet32x4 -> resnet8x4 / "
+         "ShuffleV1 / ShuffleV2, ResNet50 -> MobileNetV2; best-or-last epoch not stated, compared "
+         "with the best). Its README prints no wrn_40_2 -> wrn_16_2 row: that DIST number is the "
+         "WTTM paper's (Zheng & Yang, ICLR 2024, Table 1). KD is RepDistiller's README (last "
+         "epoch of one run), which DIST's README does not print for CIFAR-100; the teacher and "
+         "student-alone numbers are those DIST's README prints in parentheses (RepDistiller's; "
+         "wrn_16_2 alone from RepDistiller)."))
 
 
 def table_ids() -> list[str]:

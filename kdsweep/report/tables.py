@@ -21,6 +21,9 @@ BOOKKEEPING = ("sweep.", "hydra.")
 # Per-epoch validation accuracy: its MLflow name, then the names older stores hold.
 VAL_ACC = metric_names("acc/val")
 BEST, LAST = "best_val_acc", "final_val_acc"
+# A method's own per-epoch state (Method.epoch_values: CTKD's learned temperature is method/T);
+# a run's value of it is the last epoch's, shown as "learned" beside the swept values.
+LEARNED = "method/"
 
 
 def format_value(value: Any) -> str:
@@ -136,11 +139,20 @@ class Cell:
     gap: float | None = None        # mean train_val_gap (train - val accuracy, last epoch)
     published_gap: float | None = None
     best: bool = False
+    # name -> mean / sample std (n > 1) over the finished runs of their last ``method/<name>``
+    learned: dict[str, float] = field(default_factory=dict)
+    learned_std: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def child(self) -> Child | None:
         """The run that stands for the cell (curves, bars): finished first, then the newest."""
         return max(self.runs, key=Child.rank) if self.runs else None
+
+    def learned_text(self, name: str) -> str:
+        """``learned 7.31`` (``± std`` over several runs), or "" when no finished run logged it."""
+        if name not in self.learned:
+            return ""
+        return "learned " + _pm(self.learned[name], self.learned_std.get(name))
 
     def pending(self) -> str:
         """The unfinished runs: ``failed``, ``2 running``, ``pruned (epoch 1)``..."""
@@ -213,13 +225,47 @@ class Table:
     def has_gaps(self) -> bool:
         return any(c.published_gap is not None for row in self.cells for c in row)
 
+    def learned_names(self) -> list[str]:
+        """The ``method/<name>`` values some finished run of the table logged (``["T"]``)."""
+        return list(dict.fromkeys(n for row in self.cells for c in row for n in c.learned))
+
+    def _merged(self, name: str) -> int | None:
+        """The extra column of the swept ``method.<name>`` a learned ``name`` shares, if any."""
+        keys = self.extra_keys or self.extra_cols
+        return keys.index(f"method.{name}") if f"method.{name}" in keys else None
+
+    def extra_header(self) -> list[str]:
+        """A list table's value columns: the swept ones, then ``learned NAME`` for each learned
+        value that no swept column of the same option shows."""
+        return [*self.extra_cols, *(f"learned {n}" for n in self.learned_names()
+                                    if self._merged(n) is None)]
+
+    def extra_row(self, i: int) -> list[str]:
+        """Row ``i``'s value columns (:meth:`extra_header`): a learned value goes in the column
+        of the option it replaces (``T``: ``4`` for a swept KD point, ``learned 7.31`` for CTKD)."""
+        values = list(self.extra[i]) if self.extra else [""] * len(self.extra_cols)
+        more = []
+        for n in self.learned_names():
+            text = self.cells[i][0].learned_text(n) if self.cells[i] else ""
+            k = self._merged(n)
+            if k is None:
+                more.append(text)
+            elif text:
+                values[k] = f"{values[k]}; {text}" if values[k] else text
+        return values + more
+
     def markdown(self, metric: str) -> str:
         head_metric = "best / last" if metric == BEST else metric
         if self.kind == "pivot":
             head = [self.corner] + self.col_labels
             rows = []
+            learned = self.learned_names()
             for lab, row in zip(self.row_labels, self.cells, strict=True):
                 rows.append([lab] + [c.text() for c in row])
+                for n in learned:
+                    if any(n in c.learned for c in row):
+                        rows.append([f"↳ learned {n}"] + [c.learned_text(n)[len("learned "):]
+                                                          for c in row])
                 if any(c.published is not None for c in row):
                     rows.append(["↳ published"] + [_num(c.published) for c in row])
                     rows.append(["↳ Δ"] + [signed(c.delta) for c in row])
@@ -227,12 +273,12 @@ class Table:
                     rows.append(["↳ train-val gap (published)"] + [_gap(c) for c in row])
         else:
             pub, gaps = self.has_published(), self.has_gaps()
-            head = [self.corner, *self.extra_cols, head_metric] + (["published", "Δ"] if pub else [])
-            head += ["train-val gap (published)"] if gaps else []
-            rows = [[lab, *ex, row[0].text()] + ([_num(row[0].published), signed(row[0].delta)]
-                                                 if pub else []) + ([_gap(row[0])] if gaps else [])
-                    for lab, ex, row in zip(self.row_labels, self.extra or [[]] * len(self.row_labels),
-                                            self.cells, strict=True)]
+            head = [self.corner, *self.extra_header(), head_metric]
+            head += (["published", "Δ"] if pub else []) + (["train-val gap (published)"] if gaps else [])
+            rows = [[lab, *self.extra_row(i), row[0].text()]
+                    + ([_num(row[0].published), signed(row[0].delta)] if pub else [])
+                    + ([_gap(row[0])] if gaps else [])
+                    for i, (lab, row) in enumerate(zip(self.row_labels, self.cells, strict=True))]
         align = ["---"] + [":---:"] * (len(head) - 1)
         lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
