@@ -109,7 +109,9 @@ assert all(r.status == "done" for r in results), [(r.status, r.error) for r in r
     ["method=ab method.init_epochs=1", "method=ft method.init_epochs=1",
      "method=fsp method.init_epochs=1"],  # one pre-stage epoch, then the main schedule
     ["method=kd schedule.optimizer=dot"],
-], ids=["zoo", "prestage", "kd+dot"])
+    ["method=dist", "method=wttm", "method=ctkd", "method=mlkd",
+     "method=kd method.logit_stand=true method.T=2 method.kd_weight=9 schedule.optimizer=dot"],
+], ids=["zoo", "prestage", "kd+dot", "logits"])
 def test_the_newer_methods_train_under_torchrun(tmp_path, members):
     """RepDistiller's and mdistiller's later methods (and DOT) train with two gloo processes, as
     one fused cohort: each member one recorded run, every epoch logged, finite losses."""

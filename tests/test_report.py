@@ -391,7 +391,7 @@ def test_published_tables_are_consistent_and_unknown_ids_are_one_line():
     assert {"pkudavidguan_cifar100", "pkudavidguan_cinic10", "pkudavidguan_kd_grid",
             "wangziren1_tricks", "wangziren1_shufflenet", "wangziren1_kd_grid", "wangziren1_resnet",
             "keti_cifar10", "keti_imagenet", "keti_size", "crd_dkd_cifar100",
-            "modreduce_cifar100"} == set(table_ids())
+            "modreduce_cifar100", "logit_stand_cifar100", "dist_cifar100"} == set(table_ids())
     for tid in table_ids():
         t = get_published(tid)
         assert t.source and "seed 00" not in (t.source + t.note).lower()

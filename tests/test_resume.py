@@ -55,7 +55,11 @@ def only_run(cwd: Path, method: str = "kd"):
     # FT: the paraphraser trained in the pre-stage and frozen after it, the translator trained
     # in the main stage; killed after the first checkpoint, wherever that lands
     ["method=ft", "method.init_epochs=2", "schedule.epochs=4"],
-], ids=["kd", "ab-prestage", "ft"])
+    # CTKD: a learned temperature (state of the method, logged per epoch as method/T)
+    ["method=ctkd"],
+    # MLKD: the strong view of each batch, made from the epoch's own seeded draws
+    ["method=mlkd", "method.logit_stand=true", "method.T=2", "method.kd_weight=9"],
+], ids=["kd", "ab-prestage", "ft", "ctkd", "mlkd+ls"])
 def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path, method):
     teacher = tmp_path / "teacher.pt"
     torch.manual_seed(0)
@@ -98,6 +102,11 @@ def test_sigkill_then_rerun_resumes_to_identical_result(tmp_path, method):
     train_loss_b = [m.value for m in sorted(client_b.get_metric_history(run_b.info.run_id, "loss/train"),
                                             key=lambda m: m.step)]
     assert train_loss_a == train_loss_b
+    if name == "ctkd":  # the learned temperature moved, and moved the same way
+        t_a, t_b = ([m.value for m in sorted(c.get_metric_history(r.info.run_id, "method/T"),
+                                             key=lambda m: m.step)]
+                    for c, r in ((client_a, run_a), (client_b, run_b)))
+        assert len(t_a) == 6 and t_a == t_b and len(set(t_a)) > 1
     wa = load_checkpoint(run_a.data.tags["kdsweep.resume_path"])["trainer"]["model"]
     wb = load_checkpoint(run_b.data.tags["kdsweep.resume_path"])["trainer"]["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -74,9 +74,11 @@ class MLKD(Method):
     ``method.logit_stand=true method.T=2 method.kd_weight=9`` (``--base-temp 2 --kd-weight 9``).
 
     Defaults, the authors' mdistiller configuration: ``T 4``, ``ce_weight 0.1``, ``kd_weight
-    0.9``. Their CIFAR-100 recipe also trains with batch 64 at lr 0.05 (0.01 for MobileNetV2 and
-    ShuffleNet students; see their ``configs/cifar100/mlkd``). Computed in float32, also under
-    autocast. Logged terms: ``ce``, ``kd``, ``cc``, ``bc`` (weighted).
+    0.9``. Their training recipe differs from the CRD one: the logit-standardization repository's
+    ``configs/cifar100/mlkd/*.yaml`` train 480 epochs with batch 64 at lr 0.025, x0.1 at epochs
+    150, 180 and 210 (0.01 or 0.005 for MobileNetV2 students; versions of the configs disagree),
+    kdsweep's ``schedule=mlkd``. Computed in float32, also under autocast. Logged terms: ``ce``,
+    ``kd``, ``cc``, ``bc`` (weighted).
     """
 
     views = ("strong",)
