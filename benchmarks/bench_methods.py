@@ -6,8 +6,10 @@ One process, one pair, the same random batch for every method: a step is the tea
 pass (no grad), the student's, the method's loss terms, backward and an SGD step (DOT's two
 backward passes for ``kd+dot``), fp32 on the CPU, timed after 3 warm-up steps, methods
 interleaved in rounds so that machine load spreads evenly. Methods with a pre-stage (ab, ft, fsp)
-are timed in their main stage; their pre-stage step is timed too (``ab:init`` ...). Prints one
-markdown row per method, for docs/benchmarks.md.
+are timed in their main stage; their pre-stage step is timed too (``ab:init`` ...). A method that
+reads the batch's strong view (mlkd) also pays for making it (:mod:`kdsweep.data.views`) and for
+the teacher's and the student's passes on it. Prints one markdown row per method, for
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from kdsweep.data.views import draw_strong, strong_augment  # noqa: E402
 from kdsweep.engine.dot import DOT  # noqa: E402
 from kdsweep.engine.member import student_body  # noqa: E402
 from kdsweep.methods import BuildContext, StepInfo, create_method, list_methods  # noqa: E402
@@ -63,10 +66,21 @@ def setup(name: str, tap_t, t_out_small, s_arch: str, x, y, batch: int, init: bo
     return student, tap, method, opt, extra
 
 
+IMAGES = torch.randint(0, 256, (256, 3, 32, 32), dtype=torch.uint8,
+                       generator=torch.Generator().manual_seed(0))
+DRAWS = draw_strong(torch.Generator().manual_seed(1), 256)
+
+
 def step(name, tap_t, tap, method, opt, x, y, init: bool) -> None:
     with torch.no_grad():
         t_out = tap_t(x)
     s_out = tap(x)
+    if method.views and not init:  # the view made from uint8 images, as the loader does
+        n = x.shape[0]
+        xv = strong_augment(IMAGES[:n], {k: v[:n] for k, v in DRAWS.items()}).float() / 255
+        with torch.no_grad():
+            t_out.views = {"strong": tap_t(xv)}
+        s_out.views = {"strong": tap(xv)}
     info = StepInfo(epoch=30, step=0, epochs=240, steps_per_epoch=782,
                     indices=torch.arange(x.shape[0]))  # CRD's memory bank
     terms = method.init_forward(s_out, t_out, info) if init else method(s_out, t_out, y, info)

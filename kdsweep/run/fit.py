@@ -23,6 +23,7 @@ def fit_in_memory(plans: Sequence[Plan], data: DataBundle, device: torch.device,
     cfg = plans[0].cfg
     bs = int(cfg.schedule.batch_size)
     needs = [len(getattr(p.member, "peers", [None]))  # a PeerGroup trains several students
+             * (1 + len(p.method.views))  # MLKD's strong view: a second graph kept for backward
              * budget.member_bytes(p.member.student, p.method.extra_parameters(),
                                    str(p.cfg.schedule.optimizer), bs, p.member.student, x)
              for p in plans]
