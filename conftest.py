@@ -12,6 +12,14 @@ import pytest
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("KDSWEEP_LOG_MODEL", "false")  # seconds per run; tests/test_run.py checks it
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+if "KDSWEEP_TEACHER_STORE" not in os.environ:  # tests never fill the user's cache
+    import atexit
+    import shutil
+    import tempfile
+
+    _store = tempfile.mkdtemp(prefix="kdsweep-teacher-store-")
+    os.environ["KDSWEEP_TEACHER_STORE"] = _store
+    atexit.register(shutil.rmtree, _store, ignore_errors=True)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One OpenMP thread per pytest-xdist worker (and per process it starts): workers x threads
     # must not exceed the cores, or spin-waiting OpenMP threads slow everything ~10x.

@@ -22,6 +22,8 @@ ACCEPTS: dict[str, set[str]] = {
     "dataset.num_classes": set(), "dataset.image_size": set(), "dataset.val_resize": set(),
     "dataset.num_workers": {"zero"}, "dataset.padding": {"zero"},
     "teacher.min_val_acc": {"zero"},
+    "teacher.store_max_gb": {"huge"},  # no upper limit: a big disk
+    "teacher.store_topk": set(),       # below the classes: checked when the store opens
     "schedule.epochs": set(), "schedule.batch_size": set(), "schedule.eval_batch_size": set(),
     "schedule.lr": {"huge"},  # a huge LR is how one shows a diverging run
     "schedule.momentum": {"zero"}, "schedule.weight_decay": {"zero"},

@@ -30,6 +30,10 @@ class TeacherConf:
     pretrained: bool = False        # torchvision (tv_*) models: published ImageNet weights
     min_val_acc: float | None = None  # a teacher found in MLflow must have at least this val acc
     same_schedule: bool = False     # ... and have been trained on this run's schedule
+    store: str = "auto"             # its outputs stored and reused across trials (kdsweep.store):
+                                    # auto (the cache dir, where it pays) | off | a directory
+    store_max_gb: float = 20.0      # the store's size limit: least recently used entries go first
+    store_topk: int | None = None   # keep only the top-k logits (ImageNet-sized heads; not exact)
 
 
 @dataclass

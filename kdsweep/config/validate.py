@@ -126,6 +126,13 @@ def validate(cfg: Mapping[str, Any]) -> None:
         if float(teacher["min_val_acc"]) > 100:
             raise ConfigError(f"teacher.min_val_acc={teacher['min_val_acc']!r} must be in "
                               "[0, 100] (a validation accuracy, %)")
+    store = teacher.get("store", "auto")
+    if not isinstance(store, str) or not store.strip() or (
+            store not in ("auto", "off") and not ("/" in store or store.startswith(("~", ".")))):
+        raise ConfigError(f"teacher.store={store!r}; valid: auto, off, or a directory path "
+                          "(containing '/', e.g. ./teacher-store or /data/kd-store)")
+    _positive("teacher.store_max_gb", teacher.get("store_max_gb", 20.0))
+    _int_in("teacher.store_topk", teacher.get("store_topk"), 1, 2**31, nullable=True)
     _int_in("sweep.trial_number", (cfg.get("sweep") or {}).get("trial_number"), 0, 2**31,
             nullable=True)
     _int_in("cpu_threads", cfg.get("cpu_threads"), 1, MAX_THREADS, nullable=True)

@@ -52,7 +52,7 @@ class Cohort:
                  teacher_arch: str | None = None, limit_train_batches: int | None = None,
                  limit_val_batches: int | None = None, progress: bool | None = None,
                  channels_last: bool = False, compile: bool = False, horizontal: bool = False,
-                 dist_env: DistEnv = SINGLE):
+                 dist_env: DistEnv = SINGLE, teacher_store: Any = None):
         if not members:
             raise ValueError("a cohort needs at least one member")
         self.members, self.data, self.epochs = list(members), data, int(epochs)
@@ -74,6 +74,9 @@ class Cohort:
                                 1 if device.type == "cpu" else max(1, self.steps_per_epoch // 25),
                                 device, dist_env)
         self.teacher_fwd, self.teacher_arch = None, teacher_arch
+        # kdsweep.store.stream.StoredTeacher: the teacher's outputs read from the store, or
+        # computed and written there (only when every member is served by stored outputs)
+        self.teacher_store = teacher_store
         if teacher is not None and any(m.needs_teacher for m in self.members):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             teacher.to(memory_format=fmt).eval().requires_grad_(False)
@@ -129,6 +132,8 @@ class Cohort:
         for m in self.members:
             if m.active:
                 m.stop(DONE)
+        if self.teacher_store is not None:
+            log.info("%s", self.teacher_store.summary())
         return self.members
 
     def _end_epoch(self, m: Member, epoch: int, stats: dict[str, float]) -> None:
@@ -178,9 +183,17 @@ class Cohort:
         return {v: self.data.train.view(v) for v in names}
 
     def _teacher_out(self, x: Tensor, active: Sequence[Member],
-                     views: dict[str, Tensor] | None = None) -> ModelOutput | None:
+                     views: dict[str, Tensor] | None = None, i: int = -1) -> ModelOutput | None:
         if self.teacher_fwd is None or not any(m.needs_teacher for m in active):
             return None
+        if self.teacher_store is not None:  # batch i of this epoch, stored, else computed
+            out = self.teacher_store.get(i)
+            if out is None:
+                self.teacher_fwd.model.eval()
+                with torch.no_grad(), self.precision.autocast():
+                    out = self.teacher_fwd(x)
+                self.teacher_store.put(i, out)
+            return out
         # OFD's reference code runs the teacher's BatchNorm on batch statistics while training
         # (method.teacher_bn=train); members that share a teacher pass share that mode
         # (kdsweep.config.cohort). Outputs then depend on the batch alone: resume stays exact.
@@ -221,6 +234,8 @@ class Cohort:
         followers = self._shared_prestage(epoch, active)
         stepping = [m for m in active if m not in followers]
         self.data.train.set_epoch(epoch)
+        if self.teacher_store is not None:
+            self.teacher_store.begin_epoch(epoch)
         bar = tqdm(total=self.steps_per_epoch, desc=self.epoch_label(epoch),
                    disable=None if self.progress is None else not self.progress, leave=False,
                    unit="batch", ncols=80, bar_format="{desc} {percentage:3.0f}%|{bar:12}| "
@@ -232,7 +247,7 @@ class Cohort:
             if not live:
                 break
             views = self._views(live)
-            t_out = self._teacher_out(x, live, views)
+            t_out = self._teacher_out(x, live, views, i)
             for unit in self.units:
                 if isinstance(unit, StackedGroup):
                     unit.train_step(x, y, idx, t_out, epoch, self.step, among=live, views=views)
@@ -250,6 +265,8 @@ class Cohort:
             m.check_finite(epoch)
         for m, leader in followers.items():
             m.copy_prestage(leader)
+        if self.teacher_store is not None:
+            self.teacher_store.end_epoch()
         seconds = time.perf_counter() - start
         bar.close()
         shared = {"images_per_s": seen * self.step.dist.world / max(seconds, 1e-9),

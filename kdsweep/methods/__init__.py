@@ -22,6 +22,7 @@ from kdsweep.methods.base import (
     list_methods,
     option_matches,
     register_method,
+    teacher_reads_of,
 )
 
 for _module in pkgutil.iter_modules(__path__):
@@ -41,4 +42,5 @@ __all__ = [
     "list_methods",
     "option_matches",
     "register_method",
+    "teacher_reads_of",
 ]

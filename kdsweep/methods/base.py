@@ -103,6 +103,11 @@ class Method(nn.Module):
     #: the cohort, on each and puts the outputs in ``student_out.views[name]`` and
     #: ``teacher_out.views[name]``; the batch's own view stays ``student_out`` itself.
     views: ClassVar[tuple[str, ...]] = ()
+    #: What the method reads of the teacher's output: ``logits``, ``pooled`` (the logits and the
+    #: pooled embedding: CRD, RKD, PKT, CC) or ``features`` (stage maps). Empty: ``features``
+    #: when ``needs_features``, else ``logits``. The teacher-output store (:mod:`kdsweep.store`)
+    #: serves ``logits`` and ``pooled``; ``features`` runs the live teacher.
+    teacher_reads: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,6 +171,13 @@ class Method(nn.Module):
                      info: StepInfo) -> dict[str, Tensor]:
         """The pre-stage's named loss terms (summed, logged as ``loss/<name>``)."""
         raise NotImplementedError(f"{self.name}: init_epochs > 0 needs init_forward")
+
+
+def teacher_reads_of(method: Method) -> str:
+    """``method.teacher_reads``, or its default: ``features`` when it reads features, else
+    ``logits``."""
+    declared = getattr(method, "teacher_reads", "")
+    return declared or ("features" if getattr(method, "needs_features", False) else "logits")
 
 
 class FeatureMethod(Method):
@@ -274,4 +286,5 @@ __all__ = [
     "list_methods",
     "option_matches",
     "register_method",
+    "teacher_reads_of",
 ]

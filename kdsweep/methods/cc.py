@@ -84,6 +84,8 @@ class CC(FeatureMethod):
     mini-batch sampler is not reproduced (neither does RepDistiller).
     """
 
+    teacher_reads = "pooled"  # the teacher's pooled embedding (and logits) only
+
     def __init__(self, feat_weight: Weight = 0.02, feat_dim: Count = 128,
                  kernel: Annotated[str, OneOf(CC_KERNELS)] = "repdistiller",
                  gamma: Annotated[float, Range(0.0, lo_open=True)] = 0.4,

@@ -250,6 +250,8 @@ class CRD(Method):
     Logged terms: ``ce``, ``crd`` (and ``kd``).
     """
 
+    teacher_reads = "pooled"  # the teacher's pooled embedding (and logits) only
+
     needs_features = True
 
     def __init__(self, feat_weight: Weight = 0.8, feat_dim: Count = FEAT_DIM, nce_k: Count = NCE_K,

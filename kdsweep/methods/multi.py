@@ -18,6 +18,7 @@ from kdsweep.methods.base import (
     create_method,
     get_method,
     register_method,
+    teacher_reads_of,
 )
 from kdsweep.models import ModelOutput
 
@@ -120,6 +121,8 @@ class Multi(Method):
         self.needs_teacher = any(m.needs_teacher for m in parts.values())
         self.needs_features = any(m.needs_features for m in parts.values())
         self.views = tuple(dict.fromkeys(v for m in parts.values() for v in m.views))
+        reads = {teacher_reads_of(m) for m in parts.values()}
+        self.teacher_reads = next(r for r in ("features", "pooled", "logits") if r in reads)
         ce = {ns: _ce_weight(m) for ns, m in parts.items()}
         counted = [ns for ns, w in ce.items() if w is not None and w > 0]
         if len(counted) > 1:

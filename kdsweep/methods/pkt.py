@@ -41,6 +41,8 @@ class PKT(FeatureMethod):
     Logged terms: ``ce``, ``pkt``.
     """
 
+    teacher_reads = "pooled"  # the teacher's pooled embedding (and logits) only
+
     def __init__(self, feat_weight: Weight = 30000.0, ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()
         self.feat_weight = feat_weight

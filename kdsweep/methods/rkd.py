@@ -58,6 +58,8 @@ class RKD(FeatureMethod):
     squared distances clamped at 1e-12). Logged terms: ``ce``, ``distance``, ``angle``.
     """
 
+    teacher_reads = "pooled"  # the teacher's pooled embedding (and logits) only
+
     def __init__(self, distance_weight: Weight = 25.0, angle_weight: Weight = 50.0,
                  ce_weight: Weight = 1.0, kd_weight: Weight = 0.0, T: Temperature = 4.0):
         super().__init__()

@@ -54,6 +54,8 @@ from kdsweep.run.teachers import (
     schedule_key,
     teacher_filters,
 )
+from kdsweep.store import default_root
+from kdsweep.store.stream import open_teacher_store
 from kdsweep.tracking import absolute_uri, find_best_run, open_store
 
 log = logging.getLogger(__name__)
@@ -187,6 +189,13 @@ def _store(cfg: DictConfig, plans: Sequence[Plan], rt: Runtime) -> Store:
 def _cohort(plans: Sequence[Plan], data: DataBundle, teacher: Teacher | None,
             rt: Runtime) -> Cohort:
     cfg = plans[0].cfg
+    tcfg = cfg.get("teacher") or {}
+    stored = open_teacher_store(
+        str(tcfg.get("store", "off")), members=[p.member for p in plans], teacher=teacher.model,
+        teacher_arch=teacher.arch, data=data, precision=rt.precision.name, device=rt.device,
+        channels_last=bool(cfg.train.channels_last), compile=bool(cfg.train.get("compile", False)),
+        max_gb=float(tcfg.get("store_max_gb", 20.0)), topk=tcfg.get("store_topk"),
+        root_default=default_root()) if teacher is not None else None
     return Cohort([p.member for p in plans], data, epochs=int(cfg.schedule.epochs),
                   batch_size=max(1, _global_batch(cfg, rt) // rt.dist.world),
                   precision=rt.precision,
@@ -197,7 +206,8 @@ def _cohort(plans: Sequence[Plan], data: DataBundle, teacher: Teacher | None,
                   progress=cfg.train.progress if rt.dist.is_main else False,
                   channels_last=bool(cfg.train.channels_last),
                   compile=bool(cfg.train.get("compile", False)),
-                  horizontal=bool(cfg.train.get("horizontal", False)), dist_env=rt.dist)
+                  horizontal=bool(cfg.train.get("horizontal", False)), dist_env=rt.dist,
+                  teacher_store=stored)
 
 
 def _in_parts(plans: Sequence[Plan], parts: list[list[Plan]], data: DataBundle,
