@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -107,14 +108,20 @@ class Entry:
     def open(self) -> None:
         """Create the directory and its ``key.json`` (first writer; the same bytes for all)."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            if not (self.path / "key.json").exists():
-                self._atomic_bytes(self.path / "key.json", json.dumps(
-                    {"version": STORE_VERSION, **self.parts}, sort_keys=True, indent=1,
-                    default=str).encode())
+            self._make_dir()
         except OSError as e:
             self._stop_writing(e)
         self.touch()
+
+    def _make_dir(self) -> None:
+        """The directory and its ``key.json``, made again when an eviction elsewhere removed them
+        while this run goes on writing (else its shards would lie in a directory that
+        :func:`entries`, :func:`evict` and the command line cannot see)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / "key.json").exists():
+            self._atomic_bytes(self.path / "key.json", json.dumps(
+                {"version": STORE_VERSION, **self.parts}, sort_keys=True, indent=1,
+                default=str).encode())
 
     def touch(self) -> None:
         """Mark the entry used now (least-recently-used eviction reads it)."""
@@ -163,12 +170,16 @@ class Entry:
         n = int(payload["batches"])
         name = f"e{epoch:04d}-c{chunk:04d}-n{n:04d}.pt"
         payload = {**payload, "sha256": checksum(payload)}
+        # Serialised in memory first: torch.save's writer turns a failed write (ENOSPC, EFBIG)
+        # into a RuntimeError without its errno; the plain write below raises the OSError.
+        buf = io.BytesIO()
+        torch.save(payload, buf)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            tmp = self.path / f"{TMP_PREFIX}{liveness.owner_tag().replace(':', '_')}-{uuid.uuid4().hex[:8]}"
+            self._make_dir()
+            tmp = self.path / _tmp_name()
             try:
                 with open(tmp, "wb") as f:
-                    torch.save(payload, f)
+                    f.write(buf.getbuffer())
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, self.path / name)
@@ -178,10 +189,12 @@ class Entry:
         except OSError as e:
             self._stop_writing(e)
             return False
-        for c, (m, old) in self.shards(epoch).items():  # a fuller shard replaces a partial one
-            if c == chunk and m < n:
-                with contextlib.suppress(OSError):
-                    old.unlink()
+        with contextlib.suppress(OSError):  # a fuller shard replaces the partial ones
+            for other in os.listdir(self.path):
+                m = SHARD.match(other)
+                if m and (int(m.group(1)), int(m.group(2))) == (epoch, chunk) and int(m.group(3)) < n:
+                    with contextlib.suppress(OSError):
+                        (self.path / other).unlink()
         return True
 
     def _stop_writing(self, e: OSError) -> None:
@@ -195,13 +208,19 @@ class Entry:
 
     @staticmethod
     def _atomic_bytes(path: Path, data: bytes) -> None:
-        tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        tmp = path.with_name(_tmp_name())
         try:
             tmp.write_bytes(data)
             os.replace(tmp, path)
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _tmp_name() -> str:
+    """``.tmp-HOST_PID_START-XXXXXXXX``: the writer's liveness tag, read back by
+    :func:`stale_tmp`."""
+    return f"{TMP_PREFIX}{liveness.owner_tag().replace(':', '_')}-{uuid.uuid4().hex[:8]}"
 
 
 # -------------------------------------------------------------------------- store-wide
@@ -279,7 +298,8 @@ def stale_tmp(root: Path, older_than_s: float = 3600.0) -> list[Path]:
         if not d.is_dir():
             continue
         for f in d.glob(f"{TMP_PREFIX}*"):
-            tag = f.name[len(TMP_PREFIX):].rsplit("-", 1)[0].replace("_", ":")
+            # HOST_PID_START: split from the right, a host name may hold "_" (or "-")
+            tag = ":".join(f.name[len(TMP_PREFIX):].rsplit("-", 1)[0].rsplit("_", 2))
             owner = liveness.parse_tag(tag)
             dead = owner is not None and liveness.alive(owner) is False
             with contextlib.suppress(OSError):
