@@ -104,8 +104,12 @@ def run_cohort(jobs: Sequence[Job], *, data: DataBundle | None = None) -> list[R
         print(f"kdsweep: {len(plans)} runs: evaluating the teacher, opening their MLflow runs, "
               "then epoch 1 (one line per epoch for all of them)", flush=True)
     if teacher is not None and any(p.previous is None for p in plans):
-        env.teacher_acc = evaluate(cohort.teacher_fwd or teacher.model, data.val, rt.precision,
-                                   cfg.train.limit_val_batches)[1]
+        def teacher_acc() -> float:
+            return evaluate(cohort.teacher_fwd or teacher.model, data.val, rt.precision,
+                            cfg.train.limit_val_batches)[1]
+        env.teacher_acc = (cohort.teacher_store.teacher_accuracy(
+            data.val, cfg.train.limit_val_batches, teacher_acc) if cohort.teacher_store
+            else teacher_acc())
     return _train_and_record(plans, cohort, env)
 
 

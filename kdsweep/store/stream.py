@@ -186,6 +186,27 @@ class StoredTeacher:
         if self.entry.write(self.epoch, c, payload):
             self.index[c] = (len(rows), self.entry.path)
 
+    def teacher_accuracy(self, val: Any, limit: int | None, compute: Any) -> float:
+        """The teacher's validation accuracy, stored in the entry beside its outputs (its key is
+        the entry's plus the validation split's content, batch size and ``limit``): evaluated
+        once per entry, not once per trial."""
+        import json
+
+        name = "val-" + digest_of({"content": data_digest(val), "batch_size": int(val.batch_size),
+                                   "limit": limit}) + ".json"
+        path = self.entry.path / name
+        try:
+            return float(json.loads(path.read_text())["val_acc"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        acc = float(compute())
+        if self.entry.writable:
+            try:
+                self.entry._atomic_bytes(path, json.dumps({"val_acc": acc}).encode())
+            except OSError as e:
+                self.entry._stop_writing(e)
+        return acc
+
     def summary(self) -> str:
         return (f"teacher store: {self.read_batches} batches read, {self.computed_batches} "
                 f"computed by the teacher (entry {self.entry.digest} in {self.entry.root})")
