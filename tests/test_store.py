@@ -213,3 +213,24 @@ def test_a_shard_round_trips_and_names_its_batches(tmp_path):
                           "logits": torch.randn(6, 4)})
     assert [p.name for p in e.path.glob("e*.pt")] == ["e0007-c0001-n0003.pt"]  # the fuller one
     assert e.shards(6) == {}
+
+
+def test_a_top_k_trial_sees_the_same_targets_whether_it_computes_or_reads(
+        compose, resnet14_teacher, tmp_path, monkeypatch, caplog):
+    """The top-k form is not exact, but it is one form: the trial that computes the teacher's
+    outputs trains on their top-k reconstruction, as every later trial that reads them."""
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    runs = []
+    for tag in ("a", "b", "off"):
+        uri = f"sqlite:///{tmp_path / tag}.db"
+        setting = "off" if tag == "off" else str(store)
+        runs.append((uri, _run(compose, tmp_path, [
+            *_base(resnet14_teacher, tmp_path, store, uri)[:-2], f"teacher.store={setting}",
+            f"tracking.uri={uri}", "teacher.store_topk=2", "schedule.epochs=1"],
+            [["method=kd"]], tag)))
+    [e] = entries(store)
+    assert e.parts["form"] == "top2"
+    _same(runs[0][0], runs[0][1], runs[1][0], runs[1][1])  # computed == read, bit for bit
+    ca, cb = MlflowClient(runs[0][0]), MlflowClient(runs[2][0])
+    assert history(ca, runs[0][1][0].run_id)["loss/kd"] != history(cb, runs[2][1][0].run_id)["loss/kd"]

@@ -192,7 +192,7 @@ class Cohort:
                 self.teacher_fwd.model.eval()
                 with torch.no_grad(), self.precision.autocast():
                     out = self.teacher_fwd(x)
-                self.teacher_store.put(i, out)
+                out = self.teacher_store.put(i, out)  # (the top-k form: what readers get)
             return out
         # OFD's reference code runs the teacher's BatchNorm on batch statistics while training
         # (method.teacher_bn=train); members that share a teacher pass share that mode

@@ -147,9 +147,19 @@ class StoredTeacher:
         self.read_batches += 1
         return ModelOutput(logits=logits.to(self.device, non_blocking=nb), pooled=pooled)
 
-    def put(self, i: int, out: ModelOutput) -> None:
-        """Keep a computed batch for its chunk's shard; a chunk is written when it is whole."""
+    def put(self, i: int, out: ModelOutput) -> ModelOutput:
+        """Keep a computed batch for its chunk's shard (a chunk is written when it is whole);
+        returns what the trial uses: ``out``, or in the top-k form its reconstruction, so a trial
+        that computes sees the same targets as one that reads."""
         self.computed_batches += 1
+        self._keep(i, out)  # the computed logits: written in the top-k form as readers read it
+        if self.topk:
+            s = sparse(out.logits.detach(), self.topk)
+            out = ModelOutput(logits=dense(s["topk_values"], s["topk_index"], s["lse"],
+                                           self.num_classes), pooled=out.pooled)
+        return out
+
+    def _keep(self, i: int, out: ModelOutput) -> None:
         c, j = divmod(i, self.chunk)
         if not self.entry.writable or (c in self.index and self.index[c][0] > j):
             return
