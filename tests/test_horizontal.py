@@ -46,8 +46,6 @@ def _cohort(compose, teacher: str, tmp_path: Path, horizontal: bool, members=MEM
 LOGITS = [
     ["method=mlkd"],
     ["method=dist"],
-    # (LS's weight 9 at this lr drives a random-teacher student's val loss to 1e7 in 6 steps,
-    # where rounding grows to 3e-3: the check is meant for the usual regime)
     ["method=mlkd", "method.logit_stand=true", "method.T=2", "method.kd_weight=1"],
     ["method=wttm"],
     ["method=ctkd"],
@@ -55,17 +53,21 @@ LOGITS = [
 ]
 
 
-@pytest.mark.parametrize("members,stacking,alone", [
-    (MEMBERS, "3 of 5 members stacked (groups of 3); 2 train one by one", 3),
-    (LOGITS, "6 of 6 members stacked (groups of 2, 4); 0 train one by one", 6),
+@pytest.mark.parametrize("members,stacking,alone,extra", [
+    (MEMBERS, "3 of 5 members stacked (groups of 3); 2 train one by one", 3, ()),
+    # lr 0.01, MLKD+LS at weight 1: at lr 0.05 (weight 9) DIST's and LS's students on a random
+    # teacher reach val losses of 1e4-1e7 in 6 steps, where rounding differences grow past 1e-3
+    # (seen in CI, one thread per process): the check is meant for the usual regime
+    (LOGITS, "6 of 6 members stacked (groups of 2, 4); 0 train one by one", 6,
+     ("schedule.lr=0.01",)),
 ], ids=["core", "logits"])
 def test_stacked_members_match_members_trained_one_by_one(
-        compose, resnet14_teacher, tmp_path, monkeypatch, caplog, members, stacking, alone):
+        compose, resnet14_teacher, tmp_path, monkeypatch, caplog, members, stacking, alone, extra):
     monkeypatch.chdir(tmp_path)
     with caplog.at_level(logging.INFO, logger="kdsweep.engine.horizontal"):
-        uri_h, stacked = _cohort(compose, resnet14_teacher, tmp_path, True, members)
+        uri_h, stacked = _cohort(compose, resnet14_teacher, tmp_path, True, members, extra)
     assert stacking in caplog.text
-    uri_s, single = _cohort(compose, resnet14_teacher, tmp_path, False, members)
+    uri_s, single = _cohort(compose, resnet14_teacher, tmp_path, False, members, extra)
     assert [r.status for r in stacked] == ["done"] * len(members)
     ch, cs = MlflowClient(uri_h), MlflowClient(uri_s)
     for k, (h, s) in enumerate(zip(stacked, single, strict=True)):
@@ -82,7 +84,7 @@ def test_stacked_members_match_members_trained_one_by_one(
         if k >= alone:  # trained alone in both cohorts: bit for bit
             assert rel == 0.0
         else:  # stacked: fp32 rounding, grown over 6 SGD steps (up to 3e-4 seen for DKD, whose
-            assert 0.0 <= rel < 1e-3, rel  # loss on a random teacher is steep; a bug: > 1e-2
+            assert 0.0 <= rel < 1e-3, (k, rel)  # loss on a random teacher is steep; a bug: > 1e-2
         # BatchNorm statistics (copied back from the stack) and the step counter too
         bn = [n for n in wh if n.endswith("running_var")]
         assert bn and relative_difference({n: wh[n] for n in bn}, {n: ws[n] for n in bn}) < 1e-3
