@@ -42,6 +42,23 @@ def compose(overrides: list[str]):
         return hydra_compose("config", overrides=overrides)
 
 
+def workdir_with_teacher(prefix: str, arch: str = "wrn_28_4") -> tuple[Path, Path]:
+    """A fresh temporary work dir (made the current directory) holding a random-weights teacher
+    checkpoint of ``arch`` (seed 0, 10 classes: for timing)."""
+    import torch
+
+    from kdsweep.engine import save_checkpoint
+    from kdsweep.models import create_model
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chdir(work)
+    teacher = work / "teacher.pt"
+    torch.manual_seed(0)
+    save_checkpoint(teacher, {"arch": arch, "num_classes": 10,
+                              "model": create_model(arch, num_classes=10).state_dict()})
+    return work, teacher
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4, help="training batches per epoch")
@@ -57,16 +74,9 @@ def main() -> int:
 
     import torch
 
-    from kdsweep.engine import save_checkpoint
-    from kdsweep.models import create_model
     from kdsweep.run import Job, run, run_cohort
 
-    work = Path(tempfile.mkdtemp(prefix="kdsweep-bench-fused-"))
-    os.chdir(work)
-    teacher = work / "teacher.pt"
-    torch.manual_seed(0)
-    save_checkpoint(teacher, {"arch": "wrn_28_4", "num_classes": 10,
-                              "model": create_model("wrn_28_4", num_classes=10).state_dict()})
+    work, teacher = workdir_with_teacher("kdsweep-bench-fused-")
     grid = [(a, t) for a in (0.2, 0.4, 0.6, 0.8) for t in (2, 4, 8, 16)][:args.trials]
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, threads "
           f"{torch.get_num_threads()}, device {args.device}, precision {args.precision}")

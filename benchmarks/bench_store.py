@@ -26,7 +26,6 @@ import argparse
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_fused import compose  # noqa: E402
+from bench_fused import compose, workdir_with_teacher  # noqa: E402
 from bench_methods import cpu_flags  # noqa: E402
 
 
@@ -49,16 +48,9 @@ def main() -> int:
 
     import torch
 
-    from kdsweep.engine import save_checkpoint
-    from kdsweep.models import create_model
     from kdsweep.run import Job, run, run_cohort
 
-    work = Path(tempfile.mkdtemp(prefix="kdsweep-bench-store-"))
-    os.chdir(work)
-    teacher = work / "teacher.pt"
-    torch.manual_seed(0)
-    save_checkpoint(teacher, {"arch": "wrn_28_4", "num_classes": 10,
-                              "model": create_model("wrn_28_4", num_classes=10).state_dict()})
+    work, teacher = workdir_with_teacher("kdsweep-bench-store-")
     grid = [(a, t) for a in (0.2, 0.4, 0.6, 0.8) for t in (2, 4, 8, 16)][:args.trials]
     print(f"machine: {os.cpu_count()} CPUs ({cpu_flags()}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, fp32")

@@ -72,6 +72,23 @@ def test_global_loss_matches_hand_computation_at_the_initial_temperature():
     assert terms["kd"].item() == pytest.approx(0.9 * hand_kd(S, T_, T0), rel=1e-5)
 
 
+def zscore(row):
+    """The LS authors' CTKD normalize: (z - mean) / std, unbiased std (their KD adds 1e-7)."""
+    mean = sum(row) / len(row)
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (len(row) - 1))
+    return [(v - mean) / std for v in row]
+
+
+def test_logit_standardization_z_scores_the_kd_term_only():
+    m = create_method({"name": "ctkd", "logit_stand": True, "kd_weight": 9.0, "T_init": 2.0})
+    _, s_out, t_out = outs()
+    terms = m(s_out, t_out, torch.tensor(Y), info(0))
+    assert terms["ce"].item() == pytest.approx(0.1 * hand_ce(S, Y), rel=1e-5)  # raw logits
+    want = 9.0 * hand_kd([zscore(r) for r in S], [zscore(r) for r in T_], 2.0)
+    assert terms["kd"].item() == pytest.approx(want, rel=1e-5)
+    assert want != pytest.approx(9.0 * hand_kd(S, T_, 2.0), rel=1e-3)  # LS changes the term
+
+
 def test_student_gradient_is_plain_kd_at_the_current_temperature():
     m = create_method({"name": "ctkd", "T_init": 3.0})
     zs, s_out, t_out = outs(grad=True)

@@ -10,8 +10,9 @@ declared, and ``tests/test_presets.py`` fails when the YAML differs from what it
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from _points import main, point
 
 YAML = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "crd_benchmark.yaml"
 
@@ -51,13 +52,6 @@ FSP_PAIRS = {("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("resnet110", "
 SEEDS = (0, 1, 2)
 
 
-def _value(v: object) -> str:
-    return f'"{v}"' if isinstance(v, str) and not v.replace("_", "").isalnum() else str(v)
-
-
-def _point(label: str, values: dict) -> str:
-    body = ", ".join(f"{k}: {_value(v)}" for k, v in values.items())
-    return f"      - {{_label_: {_value(label)}, {body}}}"
 
 
 def points() -> list[str]:
@@ -67,7 +61,7 @@ def points() -> list[str]:
         lines.append(f"      # seed={seed}: every student alone, then each pair's methods")
         for s in students:
             lr = {"schedule.lr": 0.01} if s in SMALL else {}
-            lines.append(_point("vanilla", {"student": s, "method": "ce", **lr, "seed": seed}))
+            lines.append(point("vanilla", {"student": s, "method": "ce", **lr, "seed": seed}))
         for t, s in PAIRS:
             lr = {"schedule.lr": 0.01} if s in SMALL else {}
             for label, over in METHODS.items():
@@ -75,28 +69,10 @@ def points() -> list[str]:
                     continue
                 if label == "ft" and s.startswith("vgg"):  # RepDistiller: the run's LR there
                     over = {**over, "method.init_lr": 0.05}
-                lines.append(_point(label, {"teacher": t, "student": s, **over, **lr,
+                lines.append(point(label, {"teacher": t, "student": s, **over, **lr,
                                             "seed": seed}))
     return lines
 
 
-def render(text: str) -> str:
-    head = text[:text.index("    points:\n") + len("    points:\n")]
-    return head + "\n".join(points()) + "\n"
-
-
-def main() -> int:
-    text = YAML.read_text()
-    new = render(text)
-    if "--check" in sys.argv:
-        if new != text:
-            print(f"{YAML} is out of date: run python tools/crd_benchmark_points.py")
-            return 1
-        return 0
-    YAML.write_text(new)
-    print(f"wrote {len(points()) - len(SEEDS)} points to {YAML}")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(YAML, points, "crd_benchmark_points.py", len(points()) - len(SEEDS)))

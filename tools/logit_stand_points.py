@@ -12,8 +12,9 @@ declared; ``tests/test_presets_logit.py`` fails when the YAML differs from what 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+
+from _points import main, point
 
 YAML = Path(__file__).resolve().parents[1] / "conf" / "experiment" / "logit_stand_cifar100.yaml"
 
@@ -71,15 +72,6 @@ def overrides(label: str, teacher: str, student: str) -> dict[str, object]:
     return out
 
 
-def _value(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return f'"{v}"' if isinstance(v, str) and not v.replace("_", "").isalnum() else str(v)
-
-
-def _point(label: str, values: dict[str, object]) -> str:
-    body = ", ".join(f"{k}: {_value(v)}" for k, v in values.items())
-    return f"      - {{_label_: {_value(label)}, {body}}}"
 
 
 def points() -> list[str]:
@@ -87,27 +79,9 @@ def points() -> list[str]:
     for t, s in PAIRS:
         for label in LABELS:
             over = overrides(label, t, s)
-            lines.append(_point(label, {"teacher": t, "student": s, **over}))
+            lines.append(point(label, {"teacher": t, "student": s, **over}))
     return lines
 
 
-def render(text: str) -> str:
-    head = text[:text.index("    points:\n") + len("    points:\n")]
-    return head + "\n".join(points()) + "\n"
-
-
-def main() -> int:
-    text = YAML.read_text()
-    new = render(text)
-    if "--check" in sys.argv:
-        if new != text:
-            print(f"{YAML} is out of date: run python tools/logit_stand_points.py")
-            return 1
-        return 0
-    YAML.write_text(new)
-    print(f"wrote {len(points())} points to {YAML}")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(YAML, points, "logit_stand_points.py"))

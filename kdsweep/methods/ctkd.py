@@ -22,7 +22,7 @@ from kdsweep.methods.base import (
     Weight,
     register_method,
 )
-from kdsweep.methods.logits import standardize
+from kdsweep.methods.logits import require_same_classes, standardize
 from kdsweep.models import ModelOutput
 
 CTKD_MODES = ("global", "instance")
@@ -184,12 +184,8 @@ class CTKD(Method):
 
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
               context: BuildContext) -> None:
-        if teacher_out is None:
-            raise ConfigError("method 'ctkd' needs a teacher")
-        c_s, c_t = student_out.logits.shape[1], teacher_out.logits.shape[1]
-        if c_s != c_t:
-            raise ConfigError(f"method 'ctkd' compares class distributions: the student has {c_s} "
-                              f"logits, the teacher {c_t}; both need the same classes")
+        c_s = require_same_classes("ctkd", student_out.logits,
+                                   teacher_out.logits if teacher_out is not None else None)
         if self.mode == "instance":
             self.temperature = InstanceTemperature(c_s, self.hidden, self._initial_raw()).to(
                 student_out.logits.device)

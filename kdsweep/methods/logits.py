@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdsweep.errors import ConfigError
+
 #: Added to the standard deviation in :func:`standardize` (the LS authors' ``normalize``).
 LS_EPS = 1e-7
 
@@ -58,3 +60,15 @@ def logit_terms(student_logits: Tensor, teacher_logits: Tensor | None, targets: 
         terms["kd"] = kd_weight * kd_loss(student_logits, teacher_logits, T,
                                           logit_stand=logit_stand)
     return terms
+
+
+def require_same_classes(method: str, student_logits: Tensor, teacher_logits: Tensor | None) -> int:
+    """The number of classes, refusing (one line, at build) a missing teacher or a pair whose
+    heads differ: the methods that compare class distributions need the same classes."""
+    if teacher_logits is None:
+        raise ConfigError(f"method {method!r} needs a teacher")
+    c_s, c_t = student_logits.shape[1], teacher_logits.shape[1]
+    if c_s != c_t:
+        raise ConfigError(f"method {method!r} compares class distributions: the student has {c_s} "
+                          f"logits, the teacher {c_t}; both need the same classes")
+    return c_s

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdsweep.errors import ConfigError
 from kdsweep.methods.base import (
     BuildContext,
     Method,
@@ -16,7 +15,7 @@ from kdsweep.methods.base import (
     Weight,
     register_method,
 )
-from kdsweep.methods.logits import kd_loss
+from kdsweep.methods.logits import kd_loss, require_same_classes
 from kdsweep.models import ModelOutput
 
 #: The temperatures MLKD adds to ``T`` (the authors' code, in its order).
@@ -94,12 +93,8 @@ class MLKD(Method):
 
     def build(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
               context: BuildContext) -> None:
-        if teacher_out is None:
-            raise ConfigError("method 'mlkd' needs a teacher")
-        c_s, c_t = student_out.logits.shape[1], teacher_out.logits.shape[1]
-        if c_s != c_t:
-            raise ConfigError(f"method 'mlkd' compares class distributions: the student has {c_s} "
-                              f"logits, the teacher {c_t}; both need the same classes")
+        require_same_classes("mlkd", student_out.logits,
+                             teacher_out.logits if teacher_out is not None else None)
 
     def forward(self, student_out: ModelOutput, teacher_out: ModelOutput | None,
                 targets: Tensor, info: StepInfo) -> dict[str, Tensor]:

@@ -45,7 +45,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,6 @@ class Entry:
     parts: dict[str, Any]
     chunk: int                                   # batches per full chunk
     writable: bool = True
-    said: set[str] = field(default_factory=set)  # messages given once
 
     @property
     def path(self) -> Path:

@@ -3,7 +3,10 @@ and write (see :mod:`kdsweep.store` for the key, the layout and the guarantees).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,9 +36,6 @@ def data_digest(loader: Any) -> str:
     if isinstance(images, Tensor):
         digest = tensor_digest(iter([("images", images), ("labels", loader.labels)]))
     else:
-        import hashlib
-        import os
-
         ds = loader.dataset
         h = hashlib.sha256(str(getattr(ds, "base", "")).encode())
         for f in getattr(ds, "files", []):
@@ -109,6 +109,7 @@ class StoredTeacher:
         per_batch = batch_size * (2 * topk if topk else num_classes) * 4
         self.chunk = entry.chunk = max(1, CHUNK_BYTES // max(1, per_batch))
         self.read_batches = self.computed_batches = 0
+        self.wrote = False  # a shard written since the last size check
         self.epoch = -1
         self.index: dict[int, tuple[int, Path]] = {}
         self.loaded: tuple[int, dict[str, Any]] | None = None
@@ -130,10 +131,10 @@ class StoredTeacher:
             if payload is None or (self.pooled and payload.get("pooled") is None):
                 self.index.pop(c, None)
                 return None
-            self.loaded = c, payload
+            offsets = [0, *torch.cumsum(payload["sizes"], 0).tolist()]
+            self.loaded = c, {**payload, "offsets": offsets}
         p = self.loaded[1]
-        sizes = p["sizes"].tolist()
-        lo, hi = sum(sizes[:j]), sum(sizes[:j + 1])
+        lo, hi = p["offsets"][j], p["offsets"][j + 1]
         if self.topk:
             logits = dense(p["topk_values"][lo:hi], p["topk_index"][lo:hi], p["lse"][lo:hi],
                            self.num_classes)
@@ -180,7 +181,9 @@ class StoredTeacher:
             if len(self.pending[c]) > held:
                 self._write(c)
         self.pending = {}
-        evict(self.entry.root, self.max_bytes, keep=self.entry.digest)
+        if self.wrote:  # the store grew: keep it under its limit (a walk of its files)
+            evict(self.entry.root, self.max_bytes, keep=self.entry.digest)
+            self.wrote = False
 
     def _write(self, c: int) -> None:
         rows = self.pending.pop(c)
@@ -195,13 +198,12 @@ class StoredTeacher:
             payload["pooled"] = torch.cat([r[1] for r in rows])
         if self.entry.write(self.epoch, c, payload):
             self.index[c] = (len(rows), self.entry.path)
+            self.wrote = True
 
     def teacher_accuracy(self, val: Any, limit: int | None, compute: Any) -> float:
         """The teacher's validation accuracy, stored in the entry beside its outputs (its key is
         the entry's plus the validation split's content, batch size and ``limit``): evaluated
         once per entry, not once per trial."""
-        import json
-
         name = "val-" + digest_of({"content": data_digest(val), "batch_size": int(val.batch_size),
                                    "limit": limit}) + ".json"
         path = self.entry.path / name
